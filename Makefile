@@ -1,0 +1,28 @@
+# Developer entry points. `make test` is the command CI runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup lint test test-unit bench demo clean
+
+$(BIN)/fleet-bridge: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/fleet-bridge  ## virtualenv with the project and its dev tools
+
+lint: setup  ## ruff, formatting, mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup  ## the whole suite (needs PostgreSQL and Mosquitto, see README)
+	$(BIN)/pytest -n 2 --dist loadfile
+
+test-unit: setup  ## pure logic only, no services
+	$(BIN)/pytest -m unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

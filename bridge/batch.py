@@ -1,0 +1,68 @@
+"""A micro-batch and the pure transformations the writer needs (no IO)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from bridge.parse import STREAMS, Reading, Reject, StreamSpec
+
+__all__ = ["Batch", "history_columns", "newest_per_device", "split_by_stream"]
+
+
+@dataclasses.dataclass
+class Batch:
+    """Messages received together, written in one transaction, then acknowledged.
+
+    ``handles`` are opaque acknowledgement tokens in arrival order; ``readings`` and
+    ``rejects`` are what the messages parsed into.
+    """
+
+    handles: list[Any] = dataclasses.field(default_factory=list)
+    readings: list[Reading] = dataclasses.field(default_factory=list)
+    rejects: list[Reject] = dataclasses.field(default_factory=list)
+    opened_at: float = 0.0  # monotonic time of the first message
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+
+def split_by_stream(readings: Sequence[Reading]) -> dict[str, list[Reading]]:
+    """Readings grouped by stream name, every stream present (maybe empty)."""
+    groups: dict[str, list[Reading]] = {name: [] for name in STREAMS}
+    for reading in readings:
+        groups[reading.stream.name].append(reading)
+    return groups
+
+
+def history_columns(spec: StreamSpec, readings: Sequence[Reading]) -> list[list[Any]]:
+    """Column arrays for the unnest() INSERT, rows sorted by (device id, recorded_at).
+
+    A fixed row order makes concurrent writers (replicas, duplicates of one reading
+    on two of them) take their locks in the same order, so they cannot deadlock.
+    """
+    rows = sorted(readings, key=lambda r: (r.device_id, r.recorded_at))
+    width = len(spec.value_fields)
+    columns: list[list[Any]] = [
+        [r.device_id for r in rows],
+        [r.recorded_at for r in rows],
+        [r.received_at for r in rows],
+    ]
+    columns += [[r.values[i] for r in rows] for i in range(width)]
+    columns.append([r.seq for r in rows])
+    return columns
+
+
+def newest_per_device(readings: Sequence[Reading]) -> list[Reading]:
+    """The newest reading of each device (by recorded_at), sorted by device id.
+
+    An UPSERT may touch each key once per statement, and sorting by key keeps the
+    row-lock order identical across writers.
+    """
+    newest: dict[str, Reading] = {}
+    for reading in readings:
+        kept = newest.get(reading.device_id)
+        if kept is None or reading.recorded_at > kept.recorded_at:
+            newest[reading.device_id] = reading
+    return [newest[device] for device in sorted(newest)]

@@ -1,0 +1,174 @@
+"""``fleet-bridge``: parses arguments, loads settings, calls the right module.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiomqtt
+import structlog
+
+from bridge import __version__
+from bridge.config import Settings, load_settings
+from bridge.db import connect
+from bridge.errors import BridgeError, ConfigError
+from bridge.logs import configure_logging
+from bridge.migrate import apply_migrations
+from bridge.mqtt import tls_parameters
+from bridge.partitions import run_maintenance
+from bridge.service import Bridge
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+Handler = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+log = structlog.get_logger("bridge.cli")
+
+
+# --- commands ---------------------------------------------------------------------
+
+
+async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await connect(settings)
+    try:
+        applied = await apply_migrations(conn, settings.db.schema)
+        parts = settings.partitions
+        result = await run_maintenance(conn, settings.db.schema, parts.premake_days, parts.retention_days)
+    finally:
+        await conn.close()
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (schema is current)"
+    print(f"schema {settings.db.schema}: migrations applied: {names}; partitions created: {len(result.created)}")
+    return EXIT_OK
+
+
+async def cmd_partitions(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await connect(settings)
+    try:
+        parts = settings.partitions
+        result = await run_maintenance(conn, settings.db.schema, parts.premake_days, parts.retention_days)
+    finally:
+        await conn.close()
+    print(f"created: {', '.join(result.created) or 'none'}")
+    print(f"dropped: {', '.join(result.dropped) or 'none'}")
+    return EXIT_OK
+
+
+async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("forced_exit", signal=signal.Signals(signum).name)
+            os._exit(EXIT_FAILURE)  # a second signal: leave now, unacked messages come back
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await Bridge(settings).run(stop)
+    return EXIT_OK
+
+
+async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    """Probe both links; exit 0 only when both answer."""
+    problems = []
+    try:
+        conn = await connect(settings)
+        try:
+            await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close()
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        problems.append(f"database: {type(exc).__name__}: {exc}")
+    try:
+        # A throwaway client id: reusing the daemon's would take over its session.
+        async with aiomqtt.Client(
+            settings.mqtt.host,
+            settings.mqtt.port,
+            identifier=f"{settings.mqtt.client_id}-check-{uuid.uuid4().hex[:8]}",
+            username=settings.mqtt.username,
+            password=settings.mqtt_password(),
+            tls_params=tls_parameters(settings),
+            tls_insecure=settings.mqtt.tls_insecure or None,
+            timeout=args.timeout,
+        ):
+            pass
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"mqtt: {type(exc).__name__}: {exc}")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print("ok: database and mqtt reachable")
+    return EXIT_FAILURE if problems else EXIT_OK
+
+
+# --- argument parsing -------------------------------------------------------------
+
+
+def _override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, got {text!r}")
+    return key.strip().lower(), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="TOML settings file (or FLEET_BRIDGE_CONFIG)")
+    common.add_argument(
+        "--set", dest="overrides", metavar="SECTION.KEY=VALUE", type=_override, action="append", default=[],
+        help="override one setting, e.g. --set batch.max_rows=500 (repeatable)",
+    )  # fmt: skip
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+    parser = argparse.ArgumentParser(
+        prog="fleet-bridge", description="MQTT fleet telemetry -> PostgreSQL bridge.", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("migrate", cmd_migrate, "apply database migrations and create partitions (idempotent)")
+    add("run", cmd_run, "run the bridge daemon until SIGTERM/SIGINT")
+    add("partitions", cmd_partitions, "one partition maintenance pass: premake and retention")
+    check = add("check", cmd_check, "exit 0 if the broker and the database are reachable")
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each link")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = dict(args.overrides)
+    if args.log_level:
+        overrides["log.level"] = args.log_level
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+        configure_logging(settings.log.level, settings.log.format)
+        return int(asyncio.run(args.handler(settings, args)))
+    except ConfigError as exc:
+        print(f"fleet-bridge: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except (BridgeError, OSError, Exception) as exc:
+        if args.debug:
+            raise
+        print(f"fleet-bridge {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

@@ -1,0 +1,70 @@
+"""PostgreSQL connections and error classification (IO edge)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from typing import Any
+
+import asyncpg
+
+from bridge.config import Settings
+
+__all__ = ["Conn", "ErrorKind", "classify", "connect", "create_pool", "qualified", "sqlstate"]
+
+# A plain connection or one borrowed from the pool: both run the same statements.
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+# SQLSTATE classes that mean "this data can never be stored as it is": retrying the
+# same rows is useless, so the batch is split to isolate them (22 data exception,
+# 23 integrity constraint violation). Everything else is treated as transient.
+PERMANENT_CLASSES = frozenset({"22", "23"})
+# "no partition of relation ... found for row" is class 23 but means our partition
+# cache is stale (a partition was dropped or never made): make it and retry.
+NO_PARTITION_MESSAGE = "no partition of relation"
+
+
+class ErrorKind(enum.Enum):
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    state = getattr(exc, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """Transient errors are retried with the batch kept; permanent ones are bisected."""
+    state = sqlstate(exc)
+    if state is None or NO_PARTITION_MESSAGE in str(exc):
+        return ErrorKind.TRANSIENT
+    return ErrorKind.PERMANENT if state[:2] in PERMANENT_CLASSES else ErrorKind.TRANSIENT
+
+
+def qualified(schema: str, table: str) -> str:
+    """A schema-qualified, quoted table name (schema validated by the settings)."""
+    return f'"{schema}"."{table}"'
+
+
+def _connect_kwargs(settings: Settings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "dsn": settings.db.dsn.reveal(),
+        "timeout": settings.db.connect_timeout_s,
+        "server_settings": {"application_name": "fleet-bridge"},
+    }
+    password = settings.db_password()
+    if password is not None:
+        kwargs["password"] = password
+    return kwargs
+
+
+async def connect(settings: Settings) -> asyncpg.Connection:
+    """One connection, for commands that run a few statements and exit."""
+    return await asyncpg.connect(**_connect_kwargs(settings))
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
+    """The daemon's pool; the first connection is opened lazily by the writer."""
+    pool = asyncpg.create_pool(min_size=0, max_size=settings.db.pool_max, **_connect_kwargs(settings))
+    return await asyncio.wait_for(pool, timeout=settings.db.connect_timeout_s * 2)

@@ -1,0 +1,85 @@
+"""Every Prometheus collector of the bridge, and the state /readyz reports."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Health", "Metrics"]
+
+# Ingest lag spans a healthy pipeline (tens of ms) up to an hours-old backlog
+# replayed after an outage, so the buckets run from 10 ms to 4 h.
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_ROWS_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 20000)
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+STREAM_NAMES = ("meter", "vehicle")
+REJECT_REASONS = (
+    "invalid_json", "not_object", "missing_field", "bad_type", "out_of_range", "bad_timestamp",
+    "future_timestamp", "too_old", "bad_device_id", "id_mismatch", "payload_too_large",
+    "unknown_topic", "db_error",
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class Health:
+    """What /readyz answers from: both links must be up."""
+
+    mqtt_connected: bool = False
+    db_ok: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.mqtt_connected and self.db_ok
+
+
+class Metrics:
+    """The contract's metrics (CONTRACT section 8), on a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        p = "fleet_bridge_"
+        self.messages_received = Counter(
+            p + "messages_received_total", "MQTT messages received.", ["stream"], registry=r
+        )
+        self.rows_written = Counter(p + "rows_written_total", "History rows inserted.", ["stream"], registry=r)
+        self.duplicates = Counter(
+            p + "duplicates_total", "Readings already stored (same device and ts).", ["stream"], registry=r
+        )
+        self.rejected = Counter(
+            p + "messages_rejected_total", "Messages stored in ingest_rejects.", ["reason"], registry=r
+        )
+        self.ingest_lag = Histogram(
+            p + "ingest_lag_seconds", "Commit time minus the device's ts.", ["stream"], buckets=LAG_BUCKETS, registry=r
+        )
+        self.pipeline_latency = Histogram(
+            p + "pipeline_latency_seconds", "Commit time minus receive time.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_rows = Histogram(
+            p + "batch_rows", "Messages per committed batch.", buckets=BATCH_ROWS_BUCKETS, registry=r
+        )
+        self.batch_commit = Histogram(
+            p + "batch_commit_seconds", "Time to write and commit one batch.", buckets=COMMIT_BUCKETS, registry=r
+        )
+        self.inflight = Gauge(p + "inflight_messages", "Messages received but not yet acknowledged.", registry=r)
+        self.mqtt_connected = Gauge(p + "mqtt_connected", "1 while connected to the broker.", registry=r)
+        self.mqtt_reconnects = Counter(p + "mqtt_reconnects_total", "Broker connections re-established.", registry=r)
+        self.db_errors = Counter(p + "db_errors_total", "Database errors by kind.", ["kind"], registry=r)
+        self.last_commit = Gauge(p + "last_commit_timestamp_seconds", "Unix time of the last batch COMMIT.", registry=r)
+        self.devices_stale = Gauge(
+            p + "devices_stale", "Devices with no reading for 3 intervals.", ["stream"], registry=r
+        )
+        self.sequence_gaps = Counter(
+            p + "sequence_gaps_total", "Jumps in a device's seq counter.", ["stream"], registry=r
+        )
+        # Pre-create the labelled series so dashboards and alerts see zeros, not gaps.
+        for stream in STREAM_NAMES:
+            for family in (self.messages_received, self.rows_written, self.duplicates, self.sequence_gaps):
+                family.labels(stream)
+            self.devices_stale.labels(stream)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for kind in ("transient", "permanent"):
+            self.db_errors.labels(kind)

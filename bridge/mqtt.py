@@ -1,0 +1,156 @@
+"""The broker side: one MQTT v5 connection with a persistent session, manual
+acknowledgement after COMMIT, and a read gate that bounds the messages held in
+the process whatever the broker's backlog.
+
+aiomqtt 2.5 has no public API for two things this bridge cannot do without, so
+this module (and only this module) reaches into it:
+
+* manual acknowledgement (aiomqtt PR #346 is still open): paho's
+  ``manual_ack_set(True)`` before connecting and ``ack(mid, qos)`` after COMMIT;
+* pausing socket reads: Mosquitto 2.0 stops honouring ReceiveMaximum once acks
+  start flowing and pushes its whole queue, so the process must stop reading
+  the socket while too many messages wait in it (TCP back-pressure then keeps
+  the backlog in the broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.config import Settings
+
+__all__ = ["BrokerConnection", "subscription_filters"]
+
+log = structlog.get_logger("bridge.mqtt")
+
+QOS = 1
+
+
+def subscription_filters(settings: Settings) -> list[str]:
+    """``meter/+`` and ``vehicle/+`` under the prefix, shared when a group is set."""
+    filters = [f"{settings.mqtt.topic_prefix}{stream}/+" for stream in ("meter", "vehicle")]
+    group = settings.mqtt.shared_group
+    return [f"$share/{group}/{f}" for f in filters] if group else filters
+
+
+def tls_parameters(settings: Settings) -> aiomqtt.TLSParameters | None:
+    mqtt = settings.mqtt
+    if mqtt.tls_ca_file is None:
+        return None
+    return aiomqtt.TLSParameters(
+        ca_certs=mqtt.tls_ca_file,
+        certfile=mqtt.tls_cert_file,
+        keyfile=mqtt.tls_key_file,
+        cert_reqs=ssl.CERT_REQUIRED,
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+
+
+def connect_properties(settings: Settings, receive_maximum: int) -> Properties:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    # A non-zero expiry plus clean_start=False keeps the session (subscriptions and
+    # unacknowledged messages) across restarts of the bridge.
+    props.SessionExpiryInterval = settings.mqtt.session_expiry_s
+    props.ReceiveMaximum = receive_maximum
+    return props
+
+
+class BrokerConnection:
+    """One connection to the broker. A fresh instance per connection, so message
+    ids of a dead connection are never acknowledged on a new one."""
+
+    def __init__(self, settings: Settings, *, receive_maximum: int, held: Callable[[], int], max_held: int) -> None:
+        """``held()`` counts the messages taken from this client and not yet acknowledged."""
+        self._settings = settings
+        self._held = held
+        self._max_held = max_held
+        self._paused = False
+        self._fileno = -1
+        self.client = aiomqtt.Client(
+            settings.mqtt.host,
+            settings.mqtt.port,
+            identifier=settings.mqtt.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            keepalive=settings.mqtt.keepalive_s,
+            username=settings.mqtt.username,
+            password=settings.mqtt_password(),
+            properties=connect_properties(settings, receive_maximum),
+            tls_params=tls_parameters(settings),
+            tls_insecure=settings.mqtt.tls_insecure or None,
+            timeout=10,
+        )
+        self._paho: paho.Client = self.client._client  # noqa: SLF001 - see module docstring
+        self._paho.manual_ack_set(True)
+
+    @property
+    def connected(self) -> bool:
+        return self._paho.is_connected()
+
+    @property
+    def queued(self) -> int:
+        """Messages received by the client library but not yet taken by us."""
+        return len(self.client.messages)
+
+    async def __aenter__(self) -> Self:
+        await self.client.__aenter__()
+        sock = self._paho.socket()
+        if sock is not None:
+            self._fileno = sock.fileno()
+            # Replace aiomqtt's read callback (registered before CONNACK could be read)
+            # with one that can pause; see the module docstring.
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._fileno)
+            loop.add_reader(self._fileno, self._on_readable)
+        # Always subscribe: a no-op for a live session, a restore for a lost one.
+        for topic_filter in subscription_filters(self._settings):
+            await self.client.subscribe(topic_filter, qos=QOS)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):  # already gone: nothing to close
+            await self.client.__aexit__(exc_type, exc, tb)
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        """Acknowledge one message (PUBACK) after its batch committed."""
+        self._paho.ack(message.mid, message.qos)
+
+    def resume_if_drained(self) -> None:
+        """Called after acknowledgements: read the socket again once below the cap."""
+        if self._paused and self._total_held() < self._max_held // 2 and self.connected:
+            self._paused = False
+            asyncio.get_running_loop().add_reader(self._fileno, self._on_readable)
+
+    def _total_held(self) -> int:
+        return self._held() + self.queued
+
+    def _on_readable(self) -> None:
+        # Mirrors aiomqtt's own reader (client.py, _on_socket_open) plus the gate.
+        sock = self._paho.socket()
+        try:
+            while True:
+                self._paho.loop_read()
+                if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+                    continue
+                break
+        except Exception as exc:  # noqa: BLE001 - any read error means the link is gone
+            disconnected = self.client._disconnected  # noqa: SLF001
+            if not disconnected.done():
+                disconnected.set_exception(exc)
+            return
+        if self._total_held() >= self._max_held and not self._paused:
+            self._paused = True
+            asyncio.get_running_loop().remove_reader(self._fileno)

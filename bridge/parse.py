@@ -1,0 +1,212 @@
+"""Pure parsing: (topic, payload bytes, receive time) -> a Reading or a Reject.
+
+Nothing here does IO or raises on bad input: every way a message can be wrong
+maps to one of the contract's reason codes, with a human-readable detail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from datetime import UTC, date, datetime, timedelta
+from typing import Final, Literal
+
+import orjson
+
+__all__ = [
+    "METER",
+    "STREAMS",
+    "VEHICLE",
+    "ParseRules",
+    "Reading",
+    "Reject",
+    "StreamSpec",
+    "oldest_accepted_day",
+    "parse_message",
+]
+
+DEVICE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+# RFC 3339 date-time; the offset is mandatory (a naive time is ambiguous).
+RFC3339: Final = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?")
+# Epoch-millisecond timestamps outside these years are almost surely seconds or garbage.
+EPOCH_MS_MIN: Final = 946_684_800_000  # 2000-01-01
+EPOCH_MS_MAX: Final = 4_102_444_800_000  # 2100-01-01
+KWH_LIMIT: Final = 1000.0
+SEQ_MAX: Final = 2**63 - 1
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """What one stream's payloads and tables look like."""
+
+    name: Literal["meter", "vehicle"]
+    id_field: str
+    energy_field: str
+    optional_fields: tuple[str, ...]
+
+    @property
+    def value_fields(self) -> tuple[str, ...]:
+        """The numeric columns in table order (energy first, then the optional ones)."""
+        return (self.energy_field, *self.optional_fields)
+
+
+METER: Final = StreamSpec("meter", "meter_id", "kwh_consumed_ac", ("power_kw", "voltage_v", "current_a"))
+VEHICLE: Final = StreamSpec("vehicle", "vehicle_id", "kwh_delivered_dc", ("power_kw", "soc_pct", "battery_temp_c"))
+STREAMS: Final[dict[str, StreamSpec]] = {METER.name: METER, VEHICLE.name: VEHICLE}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reading:
+    """One valid reading; ``values`` follow ``stream.value_fields``."""
+
+    stream: StreamSpec
+    device_id: str
+    recorded_at: datetime
+    received_at: datetime
+    values: tuple[float | None, ...]
+    seq: int | None
+    topic: str
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reject:
+    """A message that cannot be stored as a reading, and why."""
+
+    reason: str
+    detail: str
+    topic: str
+    payload: bytes
+    received_at: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ParseRules:
+    """The settings the parser depends on."""
+
+    topic_prefix: str = ""
+    max_payload_bytes: int = 4096
+    max_future_skew: timedelta = timedelta(seconds=300)
+    retention_days: int = 400
+
+
+class _Invalid(Exception):
+    """Internal: carries a reason code out of the nested checks."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def oldest_accepted_day(now: datetime, retention_days: int) -> date:
+    """First UTC day still inside the retention window (older readings are too_old)."""
+    return now.astimezone(UTC).date() - timedelta(days=retention_days)
+
+
+def parse_message(topic: str, payload: bytes, received_at: datetime, rules: ParseRules) -> Reading | Reject:
+    """Validate one MQTT message; never raises on any input."""
+    try:
+        return _parse(topic, payload, received_at, rules)
+    except _Invalid as bad:
+        return Reject(bad.reason, bad.detail, topic, payload, received_at)
+
+
+def _parse(topic: str, payload: bytes, received_at: datetime, rules: ParseRules) -> Reading:
+    spec, device_id = _split_topic(topic, rules.topic_prefix)
+    if len(payload) > rules.max_payload_bytes:
+        raise _Invalid("payload_too_large", f"{len(payload)} bytes > limit {rules.max_payload_bytes}")
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise _Invalid("invalid_json", f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise _Invalid("not_object", f"payload is a JSON {type(doc).__name__}, not an object")
+
+    named = doc.get(spec.id_field)
+    if named is not None:
+        if not isinstance(named, str):
+            raise _Invalid("bad_type", f"{spec.id_field} must be a string")
+        if named != device_id:
+            raise _Invalid("id_mismatch", f"{spec.id_field} {named[:80]!r} != topic id {device_id!r}")
+
+    if "ts" not in doc:
+        raise _Invalid("missing_field", "ts is required")
+    recorded_at = _timestamp(doc["ts"])
+    if recorded_at - received_at > rules.max_future_skew:
+        raise _Invalid("future_timestamp", f"ts {recorded_at.isoformat()} is ahead of receive time")
+    if recorded_at.date() < oldest_accepted_day(received_at, rules.retention_days):
+        raise _Invalid("too_old", f"ts {recorded_at.isoformat()} is outside the retention window")
+
+    if spec.energy_field not in doc or doc[spec.energy_field] is None:
+        raise _Invalid("missing_field", f"{spec.energy_field} is required")
+    values = tuple(_number(doc, name) for name in spec.value_fields)
+    energy = values[0]
+    assert energy is not None  # checked just above
+    if not 0.0 <= energy < KWH_LIMIT:
+        raise _Invalid("out_of_range", f"{spec.energy_field}={energy} not in [0, {KWH_LIMIT:g})")
+    if spec is VEHICLE:
+        soc = values[2]
+        if soc is not None and not 0.0 <= soc <= 100.0:
+            raise _Invalid("out_of_range", f"soc_pct={soc} not in [0, 100]")
+    return Reading(spec, device_id, recorded_at, received_at, values, _seq(doc), topic, payload)
+
+
+def _split_topic(topic: str, prefix: str) -> tuple[StreamSpec, str]:
+    if not topic.startswith(prefix):
+        raise _Invalid("unknown_topic", "topic lacks the configured prefix")
+    stream, sep, device_id = topic[len(prefix) :].partition("/")
+    spec = STREAMS.get(stream)
+    if spec is None or not sep:
+        raise _Invalid("unknown_topic", "expected meter/{id} or vehicle/{id}")
+    if DEVICE_ID.fullmatch(device_id) is None:
+        raise _Invalid("bad_device_id", f"device id {device_id[:80]!r} is not allowed")
+    return spec, device_id
+
+
+def _timestamp(raw: object) -> datetime:
+    if isinstance(raw, bool):
+        raise _Invalid("bad_type", "ts must be an RFC 3339 string or epoch milliseconds")
+    if isinstance(raw, int | float):
+        if not (math.isfinite(raw) and EPOCH_MS_MIN <= raw < EPOCH_MS_MAX):
+            raise _Invalid("bad_timestamp", f"ts {raw!r} is not epoch milliseconds in 2000-2099")
+        return EPOCH + timedelta(milliseconds=raw)
+    if not isinstance(raw, str):
+        raise _Invalid("bad_type", "ts must be an RFC 3339 string or epoch milliseconds")
+    match = RFC3339.fullmatch(raw)
+    if match is None:
+        raise _Invalid("bad_timestamp", f"ts {raw[:80]!r} is not RFC 3339")
+    if match["offset"] is None:
+        raise _Invalid("bad_timestamp", f"ts {raw!r} has no UTC offset (ambiguous)")
+    try:
+        return datetime.fromisoformat(raw.upper()).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise _Invalid("bad_timestamp", f"ts {raw!r} is not a valid date and time") from None
+
+
+def _number(doc: dict[str, object], name: str) -> float | None:
+    raw = doc.get(name)
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise _Invalid("bad_type", f"{name} must be a number")
+    try:
+        value = float(raw)
+    except OverflowError:
+        raise _Invalid("out_of_range", f"{name} is too large") from None
+    if not math.isfinite(value):
+        raise _Invalid("out_of_range", f"{name} must be finite")
+    return value
+
+
+def _seq(doc: dict[str, object]) -> int | None:
+    raw = doc.get("seq")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise _Invalid("bad_type", "seq must be an integer")
+    if not 0 <= raw <= SEQ_MAX:
+        raise _Invalid("out_of_range", "seq must be between 0 and 2^63-1")
+    return raw

@@ -1,0 +1,274 @@
+"""The daemon's lifecycle: intake (MQTT -> batches), committer (batches ->
+PostgreSQL -> acknowledgements), background maintenance, and a graceful drain.
+
+Intake and committer overlap: while one batch commits the next one fills. The
+hand-over queue holds one batch, so at most three batches' worth of messages
+are in the process at once; the MQTT read gate enforces the same cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime, timedelta
+
+import aiomqtt
+import asyncpg
+import structlog
+
+from bridge.batch import Batch
+from bridge.batcher import FlushPolicy
+from bridge.config import Settings
+from bridge.db import create_pool, qualified
+from bridge.http import start_http_server
+from bridge.metrics import Health, Metrics
+from bridge.mqtt import BrokerConnection
+from bridge.parse import ParseRules, Reading, parse_message
+from bridge.partitions import run_maintenance
+from bridge.retry import backoff_delay
+from bridge.sequence import SequenceTracker
+from bridge.writer import WriteOutcome, Writer
+
+__all__ = ["Bridge"]
+
+log = structlog.get_logger("bridge.service")
+
+MQTT_RECEIVE_MAXIMUM_LIMIT = 65535
+
+
+def parse_rules(settings: Settings) -> ParseRules:
+    return ParseRules(
+        topic_prefix=settings.mqtt.topic_prefix,
+        max_payload_bytes=settings.validation.max_payload_bytes,
+        max_future_skew=timedelta(seconds=settings.validation.max_future_skew_s),
+        retention_days=settings.partitions.retention_days,
+    )
+
+
+def stream_of(topic: str, prefix: str) -> str:
+    """Stream label for metrics; anything unexpected is 'unknown' (bounded cardinality)."""
+    stream = topic[len(prefix) :].split("/", 1)[0] if topic.startswith(prefix) else ""
+    return stream if stream in ("meter", "vehicle") else "unknown"
+
+
+class Bridge:
+    """One bridge process: ``await Bridge(settings).run(stop)`` until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.health = Health()
+        self.policy = FlushPolicy(settings.batch.max_rows, settings.batch.max_delay_ms / 1000)
+        self.rules = parse_rules(settings)
+        # One batch committing, one queued, one filling: that is the memory cap.
+        self.max_held = min(MQTT_RECEIVE_MAXIMUM_LIMIT, 3 * settings.batch.max_rows)
+        self.held = 0  # taken from the MQTT client, not yet acknowledged or dropped
+        self.http_port: int | None = None
+        self._batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
+        self._sequences = SequenceTracker()
+        self._connections = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        pool = await create_pool(self.settings)
+        server = await start_http_server(
+            self.settings.metrics.host, self.settings.metrics.port, self.metrics, self.health
+        )
+        self.http_port = server.sockets[0].getsockname()[1]
+        log.info("bridge_started", metrics_port=self.http_port, client_id=self.settings.mqtt.client_id)
+        try:
+            writer = Writer(pool, self.settings.db.schema, self.metrics, self.health)
+            async with asyncio.TaskGroup() as tasks:
+                committer = tasks.create_task(self._commit_loop(writer))
+                background = [
+                    tasks.create_task(self._maintenance_loop(pool)),
+                    tasks.create_task(self._stale_loop(pool)),
+                ]
+                await self._intake_loop(stop)
+                await self._batches.join()
+                committer.cancel()
+                for task in background:
+                    task.cancel()
+        finally:
+            server.close()
+            await pool.close()
+        log.info("bridge_stopped")
+
+    # --- intake -------------------------------------------------------------------
+
+    async def _intake_loop(self, stop: asyncio.Event) -> None:
+        """Connect, consume, reconnect with backoff, until asked to stop."""
+        attempt = 0
+        while not stop.is_set():
+            connection = BrokerConnection(
+                self.settings,
+                receive_maximum=self.max_held,
+                held=lambda: self.held,
+                max_held=self.max_held,
+            )
+            try:
+                async with connection:
+                    self._on_connected(attempt)
+                    attempt = 0
+                    await self._consume(connection, stop)
+                    # Stopping: acknowledge everything taken before saying goodbye.
+                    await self._batches.join()
+            except aiomqtt.MqttError as exc:
+                attempt += 1
+                delay = backoff_delay(attempt)
+                log.warning("mqtt_disconnected", error=str(exc), attempt=attempt, retry_in_s=round(delay, 2))
+                self.health.mqtt_connected = False
+                self.metrics.mqtt_connected.set(0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        self.health.mqtt_connected = False
+        self.metrics.mqtt_connected.set(0)
+
+    def _on_connected(self, attempts: int) -> None:
+        if self._connections:
+            self.metrics.mqtt_reconnects.inc()
+        self._connections += 1
+        self.health.mqtt_connected = True
+        self.metrics.mqtt_connected.set(1)
+        log.info("mqtt_connected", host=self.settings.mqtt.host, port=self.settings.mqtt.port, after_attempts=attempts)
+
+    async def _consume(self, connection: BrokerConnection, stop: asyncio.Event) -> None:
+        """Turn messages into batches until the connection drops or ``stop`` is set.
+
+        One ``__anext__`` task stays pending across flushes: cancelling a pending
+        read can lose a message aiomqtt already took off its queue.
+        """
+        messages = connection.client.messages
+        pending: asyncio.Task[aiomqtt.Message] | None = None
+        stopping = asyncio.ensure_future(stop.wait())
+        batch = Batch()
+        try:
+            while True:
+                budget = self.policy.wait_budget(len(batch), time.monotonic() - batch.opened_at)
+                if budget == 0:
+                    batch = await self._flush(batch)
+                    continue
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(messages))
+                done, _ = await asyncio.wait({pending, stopping}, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+                if pending in done:
+                    message = pending.result()  # MqttError when the connection dropped
+                    pending = None
+                    self._take(connection, message, batch)
+                elif stopping in done:
+                    return
+                else:
+                    batch = await self._flush(batch)
+        finally:
+            stopping.cancel()
+            if pending is not None:
+                # Only when leaving the connection: anything it held is unacknowledged
+                # and the broker redelivers it to this client id.
+                pending.cancel()
+            if batch:
+                await self._flush(batch)
+
+    def _take(self, connection: BrokerConnection, message: aiomqtt.Message, batch: Batch) -> None:
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes) else bytes(str(message.payload), "utf-8")
+        result = parse_message(topic, payload, datetime.now(UTC), self.rules)
+        if not batch:
+            batch.opened_at = time.monotonic()
+        batch.handles.append((connection, message))
+        stream: str
+        if isinstance(result, Reading):
+            batch.readings.append(result)
+            stream = result.stream.name
+            if self._sequences.observe(stream, result.device_id, result.seq):
+                self.metrics.sequence_gaps.labels(stream).inc()
+        else:
+            batch.rejects.append(result)
+            stream = stream_of(topic, self.rules.topic_prefix)
+        self.metrics.messages_received.labels(stream).inc()
+        self.held += 1
+        self.metrics.inflight.set(self.held)
+
+    async def _flush(self, batch: Batch) -> Batch:
+        """Hand the batch to the committer (waits while it is busy: back-pressure)."""
+        if batch:
+            await self._batches.put(batch)
+        return Batch()
+
+    # --- commit -------------------------------------------------------------------
+
+    async def _commit_loop(self, writer: Writer) -> None:
+        while True:
+            batch = await self._batches.get()
+            outcome = await writer.write(batch)
+            acked = 0
+            for connection, message in batch.handles:
+                # A message of a connection that has since dropped is redelivered by
+                # the broker on the next one; it is stored already, so it will count
+                # as a duplicate there. Never ack it on another connection.
+                if connection.connected:
+                    connection.ack(message)
+                    acked += 1
+            self.held -= len(batch)
+            self.metrics.inflight.set(self.held)
+            self._record(batch, outcome)
+            log.debug(
+                "batch_committed", messages=len(batch), acked=acked, inserted=sum(outcome.inserted.values()),
+                duplicates=sum(outcome.duplicates.values()), rejected=sum(outcome.rejected.values()),
+            )  # fmt: skip
+            for connection, _ in batch.handles[-1:]:
+                connection.resume_if_drained()
+            self._batches.task_done()
+
+    def _record(self, batch: Batch, outcome: WriteOutcome) -> None:
+        m = self.metrics
+        committed = outcome.committed_at
+        for stream, count in outcome.inserted.items():
+            m.rows_written.labels(stream).inc(count)
+        for stream, count in outcome.duplicates.items():
+            m.duplicates.labels(stream).inc(count)
+        for reason, count in outcome.rejected.items():
+            m.rejected.labels(reason).inc(count)
+        lag = {"meter": m.ingest_lag.labels("meter"), "vehicle": m.ingest_lag.labels("vehicle")}
+        for reading in batch.readings:
+            lag[reading.stream.name].observe((committed - reading.recorded_at).total_seconds())
+            m.pipeline_latency.observe((committed - reading.received_at).total_seconds())
+        for reject in batch.rejects:
+            m.pipeline_latency.observe((committed - reject.received_at).total_seconds())
+        m.batch_rows.observe(len(batch))
+        m.last_commit.set(committed.timestamp())
+
+    # --- background ---------------------------------------------------------------
+
+    async def _maintenance_loop(self, pool: asyncpg.Pool) -> None:
+        parts = self.settings.partitions
+        while True:
+            try:
+                async with pool.acquire() as conn:
+                    result = await run_maintenance(
+                        conn, self.settings.db.schema, parts.premake_days, parts.retention_days
+                    )
+                if result.created or result.dropped:
+                    log.info("partitions_maintained", created=result.created, dropped=result.dropped)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                log.warning("maintenance_failed", error=str(exc)[:300])
+            await asyncio.sleep(parts.maintenance_interval_s)
+
+    async def _stale_loop(self, pool: asyncpg.Pool) -> None:
+        """Count stale devices, and keep /readyz honest about the database when idle."""
+        schema = self.settings.db.schema
+        stale_after = timedelta(seconds=self.settings.metrics.stale_after_s)
+        while True:
+            try:
+                async with pool.acquire() as conn:
+                    for stream in ("meter", "vehicle"):
+                        stale = await conn.fetchval(
+                            f"SELECT count(*) FROM {qualified(schema, stream + '_current_state')}"
+                            " WHERE recorded_at < now() - $1::interval",
+                            stale_after,
+                        )
+                        self.metrics.devices_stale.labels(stream).set(stale)
+                self.health.db_ok = True
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                self.health.db_ok = False
+                log.warning("db_check_failed", error=str(exc)[:300])
+            await asyncio.sleep(self.settings.metrics.stale_check_interval_s)

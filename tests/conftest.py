@@ -1,0 +1,141 @@
+"""Fixtures: PostgreSQL and Mosquitto for every test (see tests/services.py for the
+order they are looked for in), a fresh schema and topic prefix per test, and the
+real daemon as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from bridge.config import Settings, load_settings
+from bridge.migrate import apply_migrations
+from bridge.partitions import run_maintenance
+from tests.helpers import BridgeProcess
+from tests.services import (
+    Choice,
+    MosquittoProcess,
+    choose_mosquitto,
+    choose_postgres,
+    docker_available,
+    env_mqtt_address,
+    mqtt_for_container,
+    pg_dsn_for_container,
+    tcp_open,
+)
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    choice = choose_postgres(os.environ, tcp_open, docker_available)
+    if choice.branch == "skip":
+        pytest.skip(choice.value)
+    if choice.branch == "container":  # pragma: no cover - needs Docker
+        dsn, stop = pg_dsn_for_container()
+        yield dsn
+        stop()
+        return
+    yield choice.value
+
+
+@pytest.fixture(scope="session")
+def mosquitto_choice() -> Choice:
+    choice = choose_mosquitto(os.environ, shutil.which, docker_available)
+    if choice.branch == "skip":
+        pytest.skip(choice.value)
+    return choice
+
+
+@pytest.fixture(scope="session")
+def broker(mosquitto_choice: Choice) -> Iterator[tuple[str, int]]:
+    """A broker shared by the tests (each uses its own topic prefix)."""
+    if mosquitto_choice.branch == "env":
+        yield env_mqtt_address(mosquitto_choice.value)
+    elif mosquitto_choice.branch == "container":  # pragma: no cover - needs Docker
+        host, port, stop = mqtt_for_container()
+        yield host, port
+        stop()
+    else:
+        proc = MosquittoProcess(mosquitto_choice.value)
+        proc.start()
+        yield proc.host, proc.port
+        proc.close()
+
+
+@pytest.fixture
+def private_broker(mosquitto_choice: Choice) -> Iterator[MosquittoProcess]:
+    """A broker of this test's own, for tests that restart or reconfigure it."""
+    if mosquitto_choice.branch != "binary":
+        pytest.skip("restarting the broker needs the mosquitto binary on this machine")
+    proc = MosquittoProcess(mosquitto_choice.value)
+    proc.start()
+    yield proc
+    proc.close()
+
+
+@pytest.fixture
+def uid() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def schema(uid: str) -> str:
+    return f"t_{uid}"
+
+
+@pytest.fixture
+def prefix(uid: str) -> str:
+    return f"t{uid}/"
+
+
+@pytest.fixture
+async def db(pg_dsn: str, schema: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection, with this test's schema migrated; the schema is dropped afterwards."""
+    conn = await asyncpg.connect(pg_dsn)
+    await apply_migrations(conn, schema)
+    await run_maintenance(conn, schema, premake_days=2, retention_days=400)
+    yield conn
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    await conn.close()
+
+
+@pytest.fixture
+def bridge_env(pg_dsn: str, broker: tuple[str, int], schema: str, prefix: str, uid: str) -> dict[str, str]:
+    """Environment for a daemon bound to this test's schema, prefix and broker."""
+    host, port = broker
+    return {
+        "FLEET_BRIDGE_DB_DSN": pg_dsn,
+        "FLEET_BRIDGE_DB_SCHEMA": schema,
+        "FLEET_BRIDGE_MQTT_HOST": host,
+        "FLEET_BRIDGE_MQTT_PORT": str(port),
+        "FLEET_BRIDGE_MQTT_CLIENT_ID": f"bridge-{uid}",
+        "FLEET_BRIDGE_MQTT_TOPIC_PREFIX": prefix,
+        "FLEET_BRIDGE_METRICS_HOST": "127.0.0.1",
+        "FLEET_BRIDGE_METRICS_STALE_CHECK_INTERVAL_S": "1",
+        "FLEET_BRIDGE_LOG_LEVEL": "debug",
+    }
+
+
+@pytest.fixture
+def settings(bridge_env: dict[str, str]) -> Settings:
+    return load_settings(environ=bridge_env)
+
+
+@pytest.fixture
+def start_bridge(tmp_path: Path, bridge_env: dict[str, str]) -> Iterator[Callable[..., BridgeProcess]]:
+    """Start the real daemon; ``start_bridge(**env_overrides)``. Stopped at teardown."""
+    started: list[BridgeProcess] = []
+
+    def start(**overrides: str) -> BridgeProcess:
+        proc = BridgeProcess({**bridge_env, **overrides}, tmp_path / f"bridge-{len(started)}.log").start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
