@@ -22,10 +22,13 @@ from bridge.config import Settings, load_settings
 from bridge.db import connect
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import configure_logging
+from bridge.mapping import add_import_arguments, cmd_mapping_import
 from bridge.migrate import apply_migrations
 from bridge.mqtt import tls_parameters
 from bridge.partitions import run_maintenance
+from bridge.report_cli import add_report_arguments, cmd_report
 from bridge.service import Bridge
+from bridge.status import fetch_status, render_json, render_table
 
 __all__ = ["main"]
 
@@ -113,6 +116,16 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_FAILURE if problems else EXIT_OK
 
 
+async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await connect(settings)
+    try:
+        status = await fetch_status(conn, settings.db.schema, settings.metrics.stale_after_s)
+    finally:
+        await conn.close()
+    print(render_json(status) if args.format == "json" else render_table(status))
+    return EXIT_OK
+
+
 # --- argument parsing -------------------------------------------------------------
 
 
@@ -149,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("partitions", cmd_partitions, "one partition maintenance pass: premake and retention")
     check = add("check", cmd_check, "exit 0 if the broker and the database are reachable")
     check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each link")
+    status = add("status", cmd_status, "fleet right now from the hot tables: devices reporting, stale, AC/DC power")
+    status.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    add_report_arguments(add("report", cmd_report, "hourly charging efficiency (DC / AC) per vehicle"))
+    # `mapping` has one action so far, `import`; the nested parser makes it required.
+    mapping = add("mapping", cmd_mapping_import, "manage the vehicle-to-meter mapping")
+    actions = mapping.add_subparsers(dest="mapping_command", required=True, metavar="ACTION")
+    import_help = "load vehicle_id,meter_id rows (upsert); any bad row: all are listed, nothing is imported"
+    add_import_arguments(actions.add_parser("import", help=import_help, description=import_help, parents=[common]))
     return parser
 
 

@@ -105,17 +105,18 @@ class BrokerConnection:
 
     async def __aenter__(self) -> Self:
         await self.client.__aenter__()
-        sock = self._paho.socket()
-        if sock is not None:
-            self._fileno = sock.fileno()
-            # Replace aiomqtt's read callback (registered before CONNACK could be read)
-            # with one that can pause; see the module docstring.
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self._fileno)
-            loop.add_reader(self._fileno, self._on_readable)
         # Always subscribe: a no-op for a live session, a restore for a lost one.
         for topic_filter in subscription_filters(self._settings):
             await self.client.subscribe(topic_filter, qos=QOS)
+        sock = self._paho.socket()
+        if sock is not None:
+            # Only now replace aiomqtt's read callback with one that can pause (see the
+            # module docstring): paused earlier, a session's queued messages could keep
+            # the SUBACK unread. Until the first ack, ReceiveMaximum bounds the intake.
+            self._fileno = sock.fileno()
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._fileno)
+            loop.add_reader(self._fileno, self._on_readable)
         return self
 
     async def __aexit__(
