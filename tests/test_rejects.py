@@ -74,7 +74,8 @@ async def test_every_bad_message_is_kept_with_its_reason(
     assert all(detail for _, detail in stored.values())
     assert await db.fetchval(f'SELECT count(*) FROM "{schema}".vehicle_telemetry_history') == len(good)
     assert await db.fetchval(f'SELECT count(*) FROM "{schema}".meter_current_state') == 0
-    assert bridge.proc is not None and bridge.proc.poll() is None
+    assert bridge.proc is not None
+    assert bridge.proc.poll() is None, "the daemon must keep running"
     assert bridge.metric("fleet_bridge_messages_rejected_total") == len(corpus)
 
 
