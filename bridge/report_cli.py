@@ -128,7 +128,7 @@ def format_table(rows: Sequence[EfficiencyRow]) -> str:
         ]
         for row in rows
     ]
-    widths = [max(len(name), *(len(line[i]) for line in cells)) for i, name in enumerate(COLUMNS)]
+    widths = [max([len(name), *(len(line[i]) for line in cells)]) for i, name in enumerate(COLUMNS)]
     left = {0, 1}  # ids and times read left to right; numbers line up on the right
 
     def render(line: Sequence[str]) -> str:
