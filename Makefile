@@ -24,5 +24,8 @@ test: setup  ## the whole suite (needs PostgreSQL and Mosquitto, see README)
 test-unit: setup  ## pure logic only, no services
 	$(BIN)/pytest -m unit
 
+demo:  ## the whole pipeline: services, bridge, a simulated fleet of 10,000, the report vs the truth
+	bash scripts/demo.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
