@@ -89,7 +89,10 @@ def wait_ingested(metrics_url: str, summary_path: Path, started: float) -> None:
     want_rows, want_rejects = summary["readings"], summary["faults"]["malformed"]
     last, last_change = -1.0, time.monotonic()
     while True:
-        text = http_get(metrics_url)[1]
+        try:
+            text = http_get(metrics_url)[1]
+        except OSError:  # starting, or restarting: the no-progress timeout decides
+            text = ""
         rows = metric_sum(text, "fleet_bridge_rows_written_total")
         rejects = metric_sum(text, "fleet_bridge_messages_rejected_total")
         if rows >= want_rows and rejects >= want_rejects:
