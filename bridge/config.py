@@ -120,6 +120,9 @@ class DbSettings:
     password: Secret | None = _setting(None)
     password_file: str | None = _setting(None, _readable_file)
     connect_timeout_s: float = _setting(10.0, _at_least(0.1))
+    # A database that stops answering (not one that refuses) must still fail the
+    # statement, so the batch is retried and /readyz turns red.
+    command_timeout_s: float = _setting(30.0, _at_least(0.1))
 
 
 @dataclasses.dataclass(frozen=True)

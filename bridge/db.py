@@ -66,5 +66,10 @@ async def connect(settings: Settings) -> asyncpg.Connection:
 
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     """The daemon's pool; the first connection is opened lazily by the writer."""
-    pool = asyncpg.create_pool(min_size=0, max_size=settings.db.pool_max, **_connect_kwargs(settings))
+    pool = asyncpg.create_pool(
+        min_size=0,
+        max_size=settings.db.pool_max,
+        command_timeout=settings.db.command_timeout_s,
+        **_connect_kwargs(settings),
+    )
     return await asyncio.wait_for(pool, timeout=settings.db.connect_timeout_s * 2)

@@ -67,7 +67,8 @@ class Bridge:
         self.http_port: int | None = None
         self._batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         self._sequences = SequenceTracker()
-        self._connections = 0
+        self._connect_count = 0
+        self._connection: BrokerConnection | None = None  # the live one, if any
 
     async def run(self, stop: asyncio.Event) -> None:
         pool = await create_pool(self.settings)
@@ -108,6 +109,7 @@ class Bridge:
             )
             try:
                 async with connection:
+                    self._connection = connection
                     self._on_connected(attempt)
                     attempt = 0
                     await self._consume(connection, stop)
@@ -125,9 +127,9 @@ class Bridge:
         self.metrics.mqtt_connected.set(0)
 
     def _on_connected(self, attempts: int) -> None:
-        if self._connections:
+        if self._connect_count:
             self.metrics.mqtt_reconnects.inc()
-        self._connections += 1
+        self._connect_count += 1
         self.health.mqtt_connected = True
         self.metrics.mqtt_connected.set(1)
         log.info("mqtt_connected", host=self.settings.mqtt.host, port=self.settings.mqtt.port, after_attempts=attempts)
@@ -215,8 +217,8 @@ class Bridge:
                 "batch_committed", messages=len(batch), acked=acked, inserted=sum(outcome.inserted.values()),
                 duplicates=sum(outcome.duplicates.values()), rejected=sum(outcome.rejected.values()),
             )  # fmt: skip
-            for connection, _ in batch.handles[-1:]:
-                connection.resume_if_drained()
+            if self._connection is not None:
+                self._connection.resume_if_drained()
             self._batches.task_done()
 
     def _record(self, batch: Batch, outcome: WriteOutcome) -> None:

@@ -30,6 +30,10 @@ def vehicle_payload(ts: datetime | str | int, kwh: float = 0.45, **extra: object
     return orjson.dumps({"ts": stamp, "kwh_delivered_dc": kwh, **extra})
 
 
+# paho's message ids wrap at 65535: wait for acknowledgements before reusing them.
+PUBLISH_WINDOW = 20_000
+
+
 def publish(host: str, port: int, messages: Iterable[tuple[str, bytes]], *, qos: int = 1, timeout: float = 120) -> int:
     """Publish every message and wait until the broker acknowledged each; returns the count."""
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
@@ -37,14 +41,21 @@ def publish(host: str, port: int, messages: Iterable[tuple[str, bytes]], *, qos:
     client.max_queued_messages_set(0)
     client.connect(host, port)
     client.loop_start()
+    pending = list(messages)
+    deadline = time.monotonic() + timeout
     try:
-        infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
-        deadline = time.monotonic() + timeout
-        for info in infos:
-            info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
-            if not info.is_published():
-                raise TimeoutError("broker did not acknowledge every publish")
-        return len(infos)
+        for start in range(0, len(pending), PUBLISH_WINDOW):
+            infos = [
+                client.publish(topic, payload, qos=qos) for topic, payload in pending[start : start + PUBLISH_WINDOW]
+            ]
+            for info in infos:
+                try:
+                    info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+                except RuntimeError as exc:  # paho: the connection dropped under the publish
+                    raise ConnectionError(str(exc)) from exc
+                if not info.is_published():
+                    raise TimeoutError("broker did not acknowledge every publish")
+        return len(pending)
     finally:
         client.disconnect()
         client.loop_stop()

@@ -114,6 +114,9 @@ class MosquittoProcess:
         self.host = "127.0.0.1"
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="fleet-mosquitto-"))
+        # Started as root, mosquitto drops to its own user: it must be able to write
+        # its persistence file here, or a restart silently loses every queue.
+        self.dir.chmod(0o777)
         base = config_text if config_text is not None else MOSQUITTO_CONF.read_text()
         self.config = self.dir / "mosquitto.conf"
         self.config.write_text(broker_config(base, self.port, self.dir, extra_config))
