@@ -19,7 +19,7 @@
 # the binary when missing and we are root; a broker already on port 1883 is the
 # last resort.
 #
-# Knobs (environment): DEMO_PAIRS (10000), DEMO_SPEEDUP (30), DEMO_SECONDS (120),
+# Knobs (environment): DEMO_PAIRS (10000), DEMO_SPEEDUP (10), DEMO_SECONDS (120),
 # DEMO_PROCESSES (2), DEMO_SCHEMA (demo).
 set -euo pipefail
 
@@ -29,7 +29,7 @@ BIN="$ROOT/.venv/bin"
 TOOLS=("$BIN/python" "$ROOT/scripts/demo_tools.py")
 OUT="$ROOT/.demo"
 PAIRS="${DEMO_PAIRS:-10000}"
-SPEEDUP="${DEMO_SPEEDUP:-30}"
+SPEEDUP="${DEMO_SPEEDUP:-10}"
 SECONDS_WALL="${DEMO_SECONDS:-120}"
 PROCESSES="${DEMO_PROCESSES:-2}"
 SCHEMA="${DEMO_SCHEMA:-demo}"
