@@ -103,38 +103,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Publish N vehicle/meter pairs' readings and write the files an end-to-end check needs.",
     )
     fleet = run.add_argument_group("fleet and time")
-    fleet.add_argument("--devices", type=positive_int, default=10_000, help="vehicle/meter pairs (default 10000)")
-    fleet.add_argument("--interval", type=parse_duration, default=60.0, help="seconds between readings (default 60)")
-    fleet.add_argument("--duration", type=parse_duration, default=600.0, help="simulated time, e.g. 10m (default)")
+    fleet.add_argument("--devices", type=positive_int, default=10_000, metavar="N", help="vehicle/meter pairs (10000)")
+    fleet.add_argument("--interval", type=parse_duration, default=60.0, metavar="T", help="between readings (60s)")
+    fleet.add_argument("--duration", type=parse_duration, default=600.0, metavar="T", help="simulated time (10m)")
     fleet.add_argument(
-        "--speedup", type=float, default=1.0,
-        help="simulated seconds per wall-clock second (default 1); 0 publishes as fast as possible",
+        "--speedup", type=float, default=1.0, metavar="X",
+        help="simulated seconds per wall-clock second (1); 0 publishes as fast as possible",
     )  # fmt: skip
     fleet.add_argument(
         "--as-fast-as-possible", dest="speedup", action="store_const", const=0.0,
         help="publish the whole duration's readings at full speed (a backlog, for benchmarks)",
     )  # fmt: skip
     fleet.add_argument(
-        "--start", type=parse_time,
+        "--start", type=parse_time, metavar="T",
         help="simulated start, RFC 3339 (default: so that simulated time reaches now as the run ends)",
     )  # fmt: skip
-    fleet.add_argument("--seed", type=int, default=1, help="random seed: the same seed, the same readings (default 1)")
-    fleet.add_argument("--processes", type=positive_int, default=1, help="publisher processes (default 1)")
-    fleet.add_argument("--out", type=Path, default=Path(), help="directory for the output files (default: current)")
+    fleet.add_argument("--seed", type=int, default=1, metavar="N", help="the same seed, the same readings (1)")
+    fleet.add_argument("--processes", type=positive_int, default=1, metavar="P", help="publisher processes (1)")
+    fleet.add_argument("--out", type=Path, default=Path(), metavar="DIR", help="for the output files (current)")
 
-    faults = run.add_argument_group("fault mixes (fractions of readings, default 0)")
-    faults.add_argument("--duplicates", type=parse_fraction, default=0.0, help="readings published twice")
-    faults.add_argument("--out-of-order", type=parse_fraction, default=0.0, help="readings held back 1-5 intervals")
-    faults.add_argument("--late", type=parse_fraction, default=0.0, help="readings held back 10 min to 3 h")
-    faults.add_argument("--malformed", type=parse_fraction, default=0.0, help="extra messages the bridge must reject")
+    faults = run.add_argument_group("fault mixes (fractions F of the readings, default 0)")
+    faults.add_argument("--duplicates", type=parse_fraction, default=0.0, metavar="F", help="published twice")
+    faults.add_argument("--out-of-order", type=parse_fraction, default=0.0, metavar="F", help="held back 1-5 intervals")
+    faults.add_argument("--late", type=parse_fraction, default=0.0, metavar="F", help="held back 10 min to 3 h")
+    faults.add_argument("--malformed", type=parse_fraction, default=0.0, metavar="F", help="extra, to be rejected")
     faults.add_argument(
-        "--skew-over-5s", type=parse_fraction, default=0.0, help="vehicle clocks 6-30 s off their meter"
-    )
+        "--skew-over-5s", type=parse_fraction, default=0.0, metavar="F",
+        help="vehicle readings 6-30 s off their meter's (unmatched)",
+    )  # fmt: skip
 
     broker = run.add_argument_group("broker (defaults: the bridge's FLEET_BRIDGE_MQTT_* settings)")
-    broker.add_argument("--host")
-    broker.add_argument("--port")
-    broker.add_argument("--username")
+    broker.add_argument("--host", metavar="HOST")
+    broker.add_argument("--port", metavar="PORT")
+    broker.add_argument("--username", metavar="NAME")
     broker.add_argument("--password-file", metavar="FILE")
     broker.add_argument("--tls-ca-file", metavar="FILE", help="TLS is on when set")
     broker.add_argument("--topic-prefix", metavar="PREFIX", help="e.g. site-a/")

@@ -206,10 +206,14 @@ class _Publisher:
         if self.sent % LOOP_EVERY == 0:
             self._loop(0)
 
-    def idle_until(self, deadline: float, stop: Event) -> None:
-        """Wait for the monotonic ``deadline`` (pacing), serving the connection meanwhile."""
-        while (left := deadline - time.monotonic()) > 0.001 and not stop.is_set():
+    def idle_until(self, deadline: float, stop: Event) -> bool:
+        """Wait for the monotonic ``deadline`` (pacing), serving the connection
+        meanwhile; False when told to stop while waiting."""
+        while (left := deadline - time.monotonic()) > 0.001:
+            if stop.is_set():
+                return False
             self._loop(min(left, 0.05))
+        return True
 
     def drain(self) -> None:
         """Wait until the broker acknowledged every message sent."""
@@ -242,8 +246,10 @@ def publish_slice(job: Job, counters: Any, barrier: Barrier, stop: Event) -> Wor
         started = time.monotonic()
         ms_per_wall_s = 1000 * job.speedup
         for message in plan(spec, pairs):
-            if ms_per_wall_s:
-                client.idle_until(started + (message.due_ms - spec.start_ms) / ms_per_wall_s, stop)
+            due = started + (message.due_ms - spec.start_ms) / ms_per_wall_s if ms_per_wall_s else 0.0
+            if not client.idle_until(due, stop):
+                result.interrupted = True
+                break
             if client.sent % PROGRESS_EVERY == 0:
                 counters[2 * job.index] = client.sent
                 counters[2 * job.index + 1] = message.due_ms - spec.start_ms
