@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 
 NO_PROGRESS_TIMEOUT_S = 180.0
+PROGRESS_EVERY_S = 10.0
 SHOWN_METRICS = tuple(
     f"fleet_bridge_{name}_total" for name in ("messages_received", "rows_written", "duplicates", "messages_rejected")
 )
@@ -84,10 +85,11 @@ def metric_sum(text: str, name: str) -> float:
 
 def wait_ingested(metrics_url: str, summary_path: Path, started: float) -> None:
     """Wait until the bridge stored every distinct reading and rejected every
-    malformed message; then print the rate it sustained since the load began."""
+    malformed message; then print the rate it sustained since the load began,
+    and its mean batch, which tells whether it was batching or waiting."""
     summary = orjson.loads(summary_path.read_bytes())
     want_rows, want_rejects = summary["readings"], summary["faults"]["malformed"]
-    last, last_change = -1.0, time.monotonic()
+    last, last_change, last_shown = -1.0, time.monotonic(), 0.0
     while True:
         try:
             text = http_get(metrics_url)[1]
@@ -97,16 +99,23 @@ def wait_ingested(metrics_url: str, summary_path: Path, started: float) -> None:
         rejects = metric_sum(text, "fleet_bridge_messages_rejected_total")
         if rows >= want_rows and rejects >= want_rejects:
             break
+        now = time.monotonic()
         if rows != last:
-            last, last_change = rows, time.monotonic()
-            print(f"  bridge stored {rows:,.0f} of {want_rows:,} readings", flush=True)
-        elif time.monotonic() - last_change > NO_PROGRESS_TIMEOUT_S:
+            last, last_change = rows, now
+        elif now - last_change > NO_PROGRESS_TIMEOUT_S:
             sys.exit(f"demo: the bridge made no progress for {NO_PROGRESS_TIMEOUT_S:g} s (see its log)")
-        time.sleep(2)
+        if now - last_shown >= PROGRESS_EVERY_S:
+            last_shown = now
+            print(f"  bridge stored {rows:,.0f} of {want_rows:,} readings", flush=True)
+        time.sleep(1)
     elapsed = time.time() - started
+    batches = metric_sum(text, "fleet_bridge_batch_rows_count")
+    mean_batch = metric_sum(text, "fleet_bridge_batch_rows_sum") / max(batches, 1)
+    mean_commit = metric_sum(text, "fleet_bridge_batch_commit_seconds_sum") / max(batches, 1)
     print(
         f"bridge ingested {summary['published']:,} messages in {elapsed:,.1f} s: "
-        f"{summary['published'] / elapsed:,.0f} msg/s (load generator: {summary['rate_msg_per_s']:,.0f} msg/s)"
+        f"{summary['published'] / elapsed:,.0f} msg/s (load generator: {summary['rate_msg_per_s']:,.0f} msg/s); "
+        f"{batches:,.0f} batches of {mean_batch:,.0f} messages on average, {mean_commit * 1000:,.1f} ms per commit"
     )
 
 
