@@ -19,7 +19,7 @@ lint: setup  ## ruff, formatting, mypy --strict
 	$(BIN)/mypy
 
 test: setup  ## the whole suite (needs PostgreSQL and Mosquitto, see README)
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2
 
 test-unit: setup  ## pure logic only, no services
 	$(BIN)/pytest -m unit

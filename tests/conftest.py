@@ -1,11 +1,11 @@
 """Fixtures: PostgreSQL and Mosquitto for every test (see tests/services.py for the
 order they are looked for in), a fresh schema and topic prefix per test, and the
-real daemon as a subprocess."""
+real daemon as a subprocess. A guard keeps the markers honest: every test is
+either ``unit`` or ``integration``, and a ``unit`` test uses no service."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -23,53 +23,53 @@ from tests.services import (
     choose_mosquitto,
     choose_postgres,
     docker_available,
-    env_mqtt_address,
-    mqtt_for_container,
-    pg_dsn_for_container,
+    find_mosquitto,
+    find_postgres_bindir,
+    mosquitto_from,
+    postgres_from,
     tcp_open,
 )
+
+# Every fixture that reaches a service depends on one of these.
+SERVICE_FIXTURES = frozenset({"pg_dsn", "mosquitto_choice"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail, before any fixture runs, a test marked neither or both of ``unit`` and
+    ``integration``, and a ``unit`` test that would reach PostgreSQL or Mosquitto:
+    ``pytest -m unit`` must run with no services at all."""
+    kinds = {mark.name for mark in item.iter_markers()} & {"unit", "integration"}
+    if len(kinds) != 1:
+        pytest.fail(f"{item.nodeid}: mark it either unit or integration (it has: {sorted(kinds)})", pytrace=False)
+    used = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+    if "unit" in kinds and used:
+        pytest.fail(f"{item.nodeid}: a unit test must not use services, but it requests {sorted(used)}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
-    choice = choose_postgres(os.environ, tcp_open, docker_available)
-    if choice.branch == "skip":
-        pytest.skip(choice.value)
-    if choice.branch == "container":  # pragma: no cover - needs Docker
-        dsn, stop = pg_dsn_for_container()
+    with postgres_from(choose_postgres(os.environ, tcp_open, find_postgres_bindir, docker_available)) as dsn:
         yield dsn
-        stop()
-        return
-    yield choice.value
 
 
 @pytest.fixture(scope="session")
 def mosquitto_choice() -> Choice:
-    choice = choose_mosquitto(os.environ, shutil.which, docker_available)
-    if choice.branch == "skip":
-        pytest.skip(choice.value)
-    return choice
+    return choose_mosquitto(os.environ, find_mosquitto, docker_available)
 
 
 @pytest.fixture(scope="session")
 def broker(mosquitto_choice: Choice) -> Iterator[tuple[str, int]]:
     """A broker shared by the tests (each uses its own topic prefix)."""
-    if mosquitto_choice.branch == "env":
-        yield env_mqtt_address(mosquitto_choice.value)
-    elif mosquitto_choice.branch == "container":  # pragma: no cover - needs Docker
-        host, port, stop = mqtt_for_container()
-        yield host, port
-        stop()
-    else:
-        proc = MosquittoProcess(mosquitto_choice.value)
-        proc.start()
-        yield proc.host, proc.port
-        proc.close()
+    with mosquitto_from(mosquitto_choice) as address:
+        yield address
 
 
 @pytest.fixture
 def private_broker(mosquitto_choice: Choice) -> Iterator[MosquittoProcess]:
     """A broker of this test's own, for tests that restart or reconfigure it."""
+    if mosquitto_choice.branch == "skip":
+        pytest.skip(mosquitto_choice.value)
     if mosquitto_choice.branch != "binary":
         pytest.skip("restarting the broker needs the mosquitto binary on this machine")
     proc = MosquittoProcess(mosquitto_choice.value)

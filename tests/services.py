@@ -1,37 +1,57 @@
 """Where the tests get PostgreSQL and Mosquitto from, in this order:
 
 1. services named by the environment (``FLEET_TEST_PG_DSN``, ``FLEET_TEST_MQTT_URL``);
-2. the machine's own binaries: the running PostgreSQL, and a private ``mosquitto``
+2. the machine's own: the PostgreSQL listening on 127.0.0.1:5432, else a private
+   cluster started from the machine's ``initdb``/``pg_ctl``; a private ``mosquitto``
    started with the project's ``deploy/mosquitto/mosquitto.conf`` on a free port;
 3. testcontainers, when a Docker engine answers;
 4. otherwise a skip whose message names what is missing.
+
+``choose_postgres`` and ``choose_mosquitto`` only decide, from what they are handed
+(tests/test_services.py checks each branch with fakes); ``postgres_from`` and
+``mosquitto_from`` start and stop what was chosen, for the fixtures in conftest.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import os
+import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-# Pinned images for the testcontainers branch: the oldest versions we support.
-POSTGRES_IMAGE = "postgres:15-alpine"
+# Pinned images for the testcontainers branch: the oldest PostgreSQL we support (so
+# that newer-only SQL fails here too), and the broker of deploy/compose.yaml.
+POSTGRES_IMAGE = "postgres:14-alpine"
 MOSQUITTO_IMAGE = "eclipse-mosquitto:2.0.18"
+# Debian and Ubuntu keep the server binaries off PATH, one directory per version.
+POSTGRES_LIB = Path("/usr/lib/postgresql")
+SBIN = (Path("/usr/sbin/mosquitto"), Path("/usr/local/sbin/mosquitto"))
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """Which branch of the chain provides a service; ``value`` is its address."""
+    """Which branch of the chain provides a service, and what that branch needs.
 
-    branch: str  # "env", "binary", "container" or "skip"
+    PostgreSQL: "env" (value: DSN), "running" (DSN), "cluster" (directory of
+    initdb/pg_ctl), "container" (image). Mosquitto: "env" (URL), "binary" (path),
+    "container" (image). Either: "skip" (value: what is missing).
+    """
+
+    branch: str
     value: str
 
 
@@ -43,6 +63,7 @@ def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+@functools.cache
 def docker_available() -> bool:
     """True when a Docker engine answers (not merely when the client is installed)."""
     if shutil.which("docker") is None:
@@ -54,36 +75,64 @@ def docker_available() -> bool:
     return result.returncode == 0
 
 
+def find_postgres_bindir(which: Callable[[str], str | None] = shutil.which, lib: Path = POSTGRES_LIB) -> Path | None:
+    """The directory holding ``initdb`` and ``pg_ctl`` (PATH first, then the newest of
+    Debian's versioned directories), if a private cluster can be started from it:
+    ``initdb`` refuses to run as root, so root also needs a ``postgres`` user."""
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return None
+    on_path = which("initdb")
+    candidates = [Path(on_path).resolve().parent] if on_path else []
+    if lib.is_dir():
+        versions = [d for d in lib.iterdir() if d.name.isdigit()]
+        candidates += [d / "bin" for d in sorted(versions, key=lambda d: int(d.name), reverse=True)]
+    return next((d for d in candidates if (d / "initdb").is_file() and (d / "pg_ctl").is_file()), None)
+
+
 def choose_postgres(
-    environ: Mapping[str, str], reachable: Callable[[str, int], bool], docker: Callable[[], bool]
+    environ: Mapping[str, str],
+    reachable: Callable[[str, int], bool],
+    bindir: Callable[[], Path | None],
+    docker: Callable[[], bool],
 ) -> Choice:
     if environ.get("FLEET_TEST_PG_DSN"):
         return Choice("env", environ["FLEET_TEST_PG_DSN"])
     parts = urlsplit(DEFAULT_PG_DSN)
     if reachable(parts.hostname or "127.0.0.1", parts.port or 5432):
-        return Choice("binary", DEFAULT_PG_DSN)
+        return Choice("running", DEFAULT_PG_DSN)
+    found = bindir()
+    if found is not None:
+        return Choice("cluster", str(found))
     if docker():
         return Choice("container", POSTGRES_IMAGE)
     return Choice(
         "skip",
-        "PostgreSQL: FLEET_TEST_PG_DSN is unset, nothing listens on 127.0.0.1:5432 and Docker is not available",
+        "PostgreSQL: FLEET_TEST_PG_DSN is unset, nothing listens on 127.0.0.1:5432, no initdb and pg_ctl"
+        " to start a private cluster (as root they also need a 'postgres' user) and Docker is not available",
     )
+
+
+def find_mosquitto(which: Callable[[str], str | None] = shutil.which, places: Iterable[Path] = SBIN) -> str | None:
+    """The ``mosquitto`` binary: on PATH, or where Debian installs it (sbin is often
+    not on a user's PATH)."""
+    return which("mosquitto") or next((str(p) for p in places if p.is_file()), None)
 
 
 def choose_mosquitto(
-    environ: Mapping[str, str], which: Callable[[str], str | None], docker: Callable[[], bool]
+    environ: Mapping[str, str], binary: Callable[[], str | None], docker: Callable[[], bool]
 ) -> Choice:
     if environ.get("FLEET_TEST_MQTT_URL"):
         return Choice("env", environ["FLEET_TEST_MQTT_URL"])
-    binary = which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None
-    )
-    if binary:
-        return Choice("binary", binary)
+    found = binary()
+    if found:
+        return Choice("binary", found)
     if docker():
         return Choice("container", MOSQUITTO_IMAGE)
     return Choice(
-        "skip", "Mosquitto: FLEET_TEST_MQTT_URL is unset, no mosquitto binary on PATH and Docker is not available"
+        "skip", "Mosquitto: FLEET_TEST_MQTT_URL is unset, no mosquitto binary installed and Docker is not available"
     )
 
 
@@ -94,15 +143,16 @@ def free_port() -> int:
         return port
 
 
-def broker_config(base: str, port: int, data_dir: Path, extra: str = "") -> str:
-    """The project's broker config, rewritten to listen privately on ``port``."""
+def broker_config(base: str, port: int, data_dir: Path, extra: str = "", *, bind: str = "127.0.0.1") -> str:
+    """The project's broker config, rewritten to listen on ``port`` of ``bind`` (every
+    address when empty) and to keep its persistence file in ``data_dir``."""
     kept = []
     for line in base.splitlines():
         word = line.split(maxsplit=1)[0] if line.strip() and not line.lstrip().startswith("#") else ""
         if word in ("listener", "persistence_location", "pid_file", "log_dest"):
             continue
         kept.append(line)
-    kept += [f"listener {port} 127.0.0.1", f"persistence_location {data_dir}/", "log_dest stderr", extra]
+    kept += [f"listener {port} {bind}".rstrip(), f"persistence_location {data_dir}/", "log_dest stderr", extra]
     return "\n".join(kept) + "\n"
 
 
@@ -148,20 +198,113 @@ class MosquittoProcess:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def pg_dsn_for_container() -> tuple[str, Callable[[], None]]:  # pragma: no cover - needs Docker
-    from testcontainers.postgres import PostgresContainer
+class PostgresCluster:
+    """A private PostgreSQL from the machine's binaries: a throwaway data directory,
+    trust authentication, 127.0.0.1 on a free port. As root it belongs to and runs as
+    the user ``postgres`` (``initdb`` refuses root)."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.port = free_port()
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.dir = Path(tempfile.mkdtemp(prefix="fleet-postgres-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "postgres.log"
+        self._as: dict[str, object] = {}
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.dir, owner.pw_uid, owner.pw_gid)
+            self._as = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [str(self.bindir / tool), *args]
+        result = subprocess.run(
+            command, cwd=self.dir, capture_output=True, text=True, timeout=120, check=False, **self._as
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({result.returncode}): {result.stderr[-2000:]}")
+
+    def start(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "-N")
+        # Throwaway data: nothing needs to survive a crash, so no fsync.
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off -c full_page_writes=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
+
+    def close(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pg_dsn_for_container() -> tuple[str, Callable[[], None]]:
+    from testcontainers.community.postgres import PostgresContainer
 
     container = PostgresContainer(POSTGRES_IMAGE, driver=None).start()
     return container.get_connection_url(), container.stop
 
 
-def mqtt_for_container() -> tuple[str, int, Callable[[], None]]:  # pragma: no cover - needs Docker
-    from testcontainers.mqtt import MosquittoContainer
+def mqtt_for_container() -> tuple[str, int, Callable[[], None]]:
+    """A broker container with the project's config (listening on every address of
+    the container, persistence on the tmpfs the module mounts at /data)."""
+    from testcontainers.community.mqtt import MosquittoContainer
 
-    container = MosquittoContainer(MOSQUITTO_IMAGE).start()
-    return container.get_container_host_ip(), int(container.get_exposed_port(1883)), container.stop
+    config_dir = Path(tempfile.mkdtemp(prefix="fleet-mosquitto-container-"))
+    config = config_dir / "mosquitto.conf"
+    config.write_text(broker_config(MOSQUITTO_CONF.read_text(), 1883, Path("/data"), bind=""))
+    config.chmod(0o644)  # read by the container's own mosquitto user
+    container = MosquittoContainer(MOSQUITTO_IMAGE).start(configfile=str(config))
+
+    def stop() -> None:
+        container.stop()
+        shutil.rmtree(config_dir, ignore_errors=True)
+
+    return container.get_container_host_ip(), int(container.get_exposed_port(1883)), stop
 
 
 def env_mqtt_address(url: str) -> tuple[str, int]:
     parts = urlsplit(url if "://" in url else f"mqtt://{url}")
     return parts.hostname or "127.0.0.1", parts.port or 1883
+
+
+@contextlib.contextmanager
+def postgres_from(choice: Choice) -> Iterator[str]:
+    """The DSN of the PostgreSQL ``choice`` names, started (and stopped) if it is ours."""
+    if choice.branch == "skip":
+        pytest.skip(choice.value)
+    if choice.branch == "cluster":
+        cluster = PostgresCluster(Path(choice.value))
+        try:
+            cluster.start()
+            yield cluster.dsn
+        finally:
+            cluster.close()
+    elif choice.branch == "container":
+        dsn, stop = pg_dsn_for_container()
+        try:
+            yield dsn
+        finally:
+            stop()
+    else:
+        yield choice.value
+
+
+@contextlib.contextmanager
+def mosquitto_from(choice: Choice) -> Iterator[tuple[str, int]]:
+    """Host and port of the broker ``choice`` names, started (and stopped) if it is ours."""
+    if choice.branch == "skip":
+        pytest.skip(choice.value)
+    if choice.branch == "binary":
+        proc = MosquittoProcess(choice.value)
+        try:
+            proc.start()
+            yield proc.host, proc.port
+        finally:
+            proc.close()
+    elif choice.branch == "container":
+        host, port, stop = mqtt_for_container()
+        try:
+            yield host, port
+        finally:
+            stop()
+    else:
+        yield env_mqtt_address(choice.value)
