@@ -10,8 +10,6 @@ import pytest
 
 from tests.services import ROOT, free_port
 
-pytestmark = pytest.mark.integration
-
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -20,6 +18,7 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     )  # fmt: skip
 
 
+@pytest.mark.integration
 def test_check_passes_when_both_links_answer(bridge_env: dict[str, str]) -> None:
     """`fleet-bridge check` exits 0 with a reachable broker and database."""
     result = run(["check"], bridge_env)
@@ -27,6 +26,7 @@ def test_check_passes_when_both_links_answer(bridge_env: dict[str, str]) -> None
     assert "ok" in result.stdout
 
 
+@pytest.mark.integration
 def test_check_fails_and_names_the_broken_link(bridge_env: dict[str, str]) -> None:
     """With nothing listening on the broker port, exit 1 and say it is MQTT."""
     result = run(["check", "--timeout", "2"], {**bridge_env, "FLEET_BRIDGE_MQTT_PORT": str(free_port())})

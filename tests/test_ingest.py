@@ -59,6 +59,7 @@ async def count(db: asyncpg.Connection, schema: str, table: str) -> int:
     return value
 
 
+@pytest.mark.slow
 async def test_readings_with_duplicates_and_disorder_are_stored_exactly_once(
     db: asyncpg.Connection,
     schema: str,

@@ -18,7 +18,7 @@ import pytest
 from tests.helpers import BridgeProcess, wait_for
 from tests.services import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ALL_FAULTS = ["--duplicates", "0.05", "--out-of-order", "0.05", "--late", "0.05", "--malformed", "0.05",
               "--skew-over-5s", "0.05"]  # fmt: skip

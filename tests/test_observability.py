@@ -194,6 +194,7 @@ async def test_metrics_after_a_load_agree_with_the_database(
     assert proc.returncode == 0, output.decode()
 
 
+@pytest.mark.fault
 async def test_readyz_follows_the_database(
     pg_dsn: str, db: asyncpg.Connection, start_bridge: Callable[..., BridgeProcess]
 ) -> None:

@@ -174,6 +174,7 @@ async def test_daemon_as_ingest_role_stores_readings_rejects_and_a_missing_day_p
         await admin.close()
 
 
+@pytest.mark.slow
 async def test_report_and_status_run_as_report_role_on_what_the_ingest_role_stored(
     roles: Roles, broker: tuple[str, int], prefix: str, start_bridge: Callable[..., BridgeProcess], tmp_path: Path
 ) -> None:

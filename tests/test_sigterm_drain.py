@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
 from tests.systemd_unit import timeout_stop_s
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
 DEVICES = 25  # meters and as many vehicles: 50 readings a chunk
 
