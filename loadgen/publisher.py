@@ -17,7 +17,6 @@ import collections
 import contextlib
 import dataclasses
 import multiprocessing
-import multiprocessing.sharedctypes
 import queue
 import signal
 import ssl
@@ -95,6 +94,8 @@ class Job:
 
 @dataclasses.dataclass
 class WorkerResult:
+    """What one process sent, sent back to the parent (``error`` set if it failed)."""
+
     index: int
     published: int = 0
     readings: int = 0  # distinct valid readings among the published messages
@@ -116,6 +117,9 @@ class Progress:
 
 @dataclasses.dataclass
 class RunOutcome:
+    """All processes' results; the rate is over the time from the common start
+    until the last process had every message acknowledged."""
+
     results: list[WorkerResult]
     started_at: float
     finished_at: float
