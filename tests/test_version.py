@@ -1,0 +1,33 @@
+"""The version has one source, pyproject.toml: the package, both commands and the
+installed distribution all report it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+
+import pytest
+
+import bridge
+from tests.services import ROOT
+
+pytestmark = pytest.mark.unit
+
+PYPROJECT_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_the_package_version_is_the_installed_distributions_from_pyproject() -> None:
+    """bridge.__version__ comes from the installed metadata, which pyproject.toml wrote."""
+    assert bridge.__version__ == metadata.version("fleet-telemetry-bridge") == PYPROJECT_VERSION
+
+
+@pytest.mark.parametrize("module", ["bridge", "loadgen"])
+def test_each_command_prints_that_version(module: str) -> None:
+    """`fleet-bridge --version` and `fleet-loadgen --version` print it and exit 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--version"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [f"fleet-{module}", PYPROJECT_VERSION]
