@@ -31,12 +31,15 @@ class Member:
         self.redelivered: list[int] = []  # DUP flag set: sent to this session before
         self.session_present: bool | None = None
         self.dead = False
+        self._unacked: list[int] = []  # message ids, while not acknowledging
         self._subscribed = threading.Event()
+        self._unsubscribed = threading.Event()
         self._filter = topic_filter
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         self.client.manual_ack_set(True)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_unsubscribe = lambda *_: self._unsubscribed.set()
         self.client.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = expiry_s
@@ -57,6 +60,19 @@ class Member:
             self.redelivered.append(number)
         if self.ack:
             client.ack(message.mid, message.qos)
+        else:
+            self._unacked.append(message.mid)
+
+    def start_acking(self) -> None:
+        """Acknowledge what is held, and from now on everything (frees the in-flight window)."""
+        self.ack = True
+        for mid in self._unacked:
+            self.client.ack(mid, 1)
+
+    def unsubscribe(self) -> None:
+        self.client.unsubscribe(self._filter)
+        if not self._unsubscribed.wait(15):
+            raise AssertionError("no UNSUBACK")
 
     def die(self) -> None:
         """Stop and drop the connection without DISCONNECT, like a killed process."""
@@ -160,6 +176,36 @@ async def test_a_member_that_never_returns_loses_its_queue_when_its_session_expi
     assert back.session_present is False
     lost = set(range(BURST)) - set(other.received) - set(back.received)
     assert len(lost) == BURST // 2  # the dead member's share of the burst: in flight and queued
+
+
+async def test_a_member_that_unsubscribes_gets_no_new_share_but_keeps_its_queue(
+    broker: tuple[str, int], prefix: str, uid: str, members: list[Member]
+) -> None:
+    """How a member can leave the group without stranding readings: after it
+    UNSUBSCRIBEs, the round-robin no longer picks it (every new message goes to
+    the others), yet the messages already queued in its session are still
+    delivered to it. So leave = unsubscribe, take in and acknowledge everything,
+    then end the session."""
+    topic = f"{prefix}probe"
+    group_filter = f"$share/g{uid}/{topic}"
+    leaving = Member(broker, f"a-{uid}", group_filter, ack=False, expiry_s=300)
+    other = Member(broker, f"b-{uid}", group_filter, ack=True, expiry_s=300)
+    members += [leaving, other]
+    await publish_async(*broker, burst(topic, 0))
+    await wait_for(
+        lambda: _true(len(other.received) == BURST // 2 and len(leaving.received) == IN_FLIGHT),
+        timeout=30, what="the first burst split between the members",
+    )  # fmt: skip
+    leaving.unsubscribe()
+
+    await publish_async(*broker, burst(topic, BURST))
+    await wait_for(lambda: _true(len(other.received) == BURST // 2 + BURST), timeout=30, what="all new messages")
+    leaving.start_acking()
+    await wait_for(
+        lambda: _true(len(leaving.received) == BURST // 2), timeout=30, what="the leaving member's queued share"
+    )
+    assert set(leaving.received) | set(other.received) == set(range(2 * BURST))
+    assert not [n for n in leaving.received if n >= BURST]
 
 
 async def _true(value: bool) -> bool:
