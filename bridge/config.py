@@ -321,6 +321,13 @@ def _validated(raw: Any, field: dataclasses.Field[Any], source: str) -> Any:
 
 def _check_combinations(settings: Settings) -> None:
     mqtt = settings.mqtt
+    if mqtt.tls_ca_file is None and (mqtt.tls_insecure or mqtt.tls_cert_file is not None):
+        # TLS is on only with a CA file: without one these would be ignored, and a
+        # client certificate meant as a second factor would go over plain TCP.
+        raise ConfigError(
+            f"invalid setting {env_name('mqtt', 'tls_ca_file')}: required when "
+            f"{env_name('mqtt', 'tls_insecure')} or {env_name('mqtt', 'tls_cert_file')} is set"
+        )
     if (mqtt.tls_cert_file is None) != (mqtt.tls_key_file is None):
         raise ConfigError(
             f"invalid setting {env_name('mqtt', 'tls_cert_file')}: "

@@ -48,6 +48,8 @@ def tls_parameters(settings: Settings) -> aiomqtt.TLSParameters | None:
     mqtt = settings.mqtt
     if mqtt.tls_ca_file is None:
         return None
+    if mqtt.tls_insecure:
+        log.warning("mqtt_tls_insecure", detail="the broker certificate's host name is not checked")
     return aiomqtt.TLSParameters(
         ca_certs=mqtt.tls_ca_file,
         certfile=mqtt.tls_cert_file,
