@@ -26,6 +26,7 @@ from bridge.mapping import add_import_arguments, cmd_mapping_import
 from bridge.migrate import apply_migrations
 from bridge.mqtt import tls_parameters
 from bridge.partitions import run_maintenance
+from bridge.redact import redact, secret_values
 from bridge.report_cli import add_report_arguments, cmd_report
 from bridge.service import Bridge
 from bridge.status import fetch_status, render_json, render_table
@@ -110,7 +111,7 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001
         problems.append(f"mqtt: {type(exc).__name__}: {exc}")
     for problem in problems:
-        print(problem, file=sys.stderr)
+        print(redact(problem, secret_values(settings)), file=sys.stderr)
     if not problems:
         print("ok: database and mqtt reachable")
     return EXIT_FAILURE if problems else EXIT_OK
@@ -179,9 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides: dict[str, Any] = dict(args.overrides)
     if args.log_level:
         overrides["log.level"] = args.log_level
+    secrets: tuple[str, ...] = ()
     try:
         settings = load_settings(args.config, overrides=overrides)
-        configure_logging(settings.log.level, settings.log.format)
+        secrets = secret_values(settings)
+        configure_logging(settings.log.level, settings.log.format, secrets)
         return int(asyncio.run(args.handler(settings, args)))
     except ConfigError as exc:
         print(f"fleet-bridge: configuration error: {exc}", file=sys.stderr)
@@ -191,5 +194,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BridgeError, OSError, Exception) as exc:
         if args.debug:
             raise
-        print(f"fleet-bridge {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"fleet-bridge {args.command}: {type(exc).__name__}: {redact(str(exc), secrets)}", file=sys.stderr)
         return EXIT_FAILURE

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 from bridge.errors import ConfigError
 
@@ -37,6 +37,8 @@ ENV_PREFIX = "FLEET_BRIDGE_"
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 TOPIC_PREFIX = re.compile(r"^([^#+\x00]*/)?$")
 SHARED_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# One host of a DSN's host list: a name or [IPv6 address], then an optional port.
+DSN_HOST = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(:\d*)?")
 
 
 class Secret:
@@ -62,13 +64,16 @@ class Secret:
         return hash(self._value)
 
 
+# A URL's password: everything between the user name and the last "@", even one
+# whose special characters were not percent-encoded as they should be.
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:).*@")
+# A password parameter (URL query or key=value DSN): up to the next blank.
+_PASSWORD_PARAM = re.compile(r"(password=)\S*", re.IGNORECASE)
+
+
 def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced, safe to log."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return re.sub(r"(password=)\S+", r"\1**********", dsn)
-    netloc = parts.netloc.replace(f":{parts.password}@", ":**********@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The DSN with any password replaced, safe to log (a malformed one too)."""
+    return _PASSWORD_PARAM.sub(r"\1**********", _URL_PASSWORD.sub(r"\1**********@", dsn, count=1))
 
 
 class Dsn(Secret):
@@ -345,3 +350,20 @@ def _check_combinations(settings: Settings) -> None:
         )
     if not settings.db.dsn.reveal().startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"invalid setting {env_name('db', 'dsn')}: must start with postgresql://")
+    if not _well_formed_url(settings.db.dsn.reveal()):
+        raise ConfigError(
+            f"invalid setting {env_name('db', 'dsn')}: not a well-formed URL; percent-encode any of "
+            f"@/?#& in the password, or give it in {env_name('db', 'password_file')}"
+        )
+
+
+def _well_formed_url(dsn: str) -> bool:
+    """Whether asyncpg reads the DSN as written: on a malformed one its error message
+    can quote a piece of it, e.g. the part of a password after an unencoded "#"."""
+    try:
+        parts = urlsplit(dsn)
+        parse_qs(parts.query, strict_parsing=bool(parts.query))
+    except ValueError:
+        return False
+    auth, _, hosts = parts.netloc.rpartition("@")
+    return "@" not in auth and not parts.fragment and all(DSN_HOST.fullmatch(h) for h in hosts.split(","))

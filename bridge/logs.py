@@ -7,11 +7,14 @@ import sys
 
 import structlog
 
+from bridge.redact import redacting_processor
+
 __all__ = ["configure_logging"]
 
 
-def configure_logging(level: str = "info", fmt: str | None = None) -> None:
-    """JSON lines by default; human-readable console output on a TTY."""
+def configure_logging(level: str = "info", fmt: str | None = None, secrets: tuple[str, ...] = ()) -> None:
+    """JSON lines by default; human-readable console output on a TTY. Any of
+    ``secrets`` in a log line is masked."""
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.types.Processor = (
@@ -23,6 +26,7 @@ def configure_logging(level: str = "info", fmt: str | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redacting_processor(secrets),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
