@@ -2,7 +2,7 @@
 acknowledgement after COMMIT, and a read gate that bounds the messages held in
 the process whatever the broker's backlog.
 
-aiomqtt 2.5 has no public API for two things this bridge cannot do without, so
+aiomqtt 2.5 has no public API for what follows, so
 this module (and only this module) reaches into it:
 
 * manual acknowledgement (aiomqtt PR #346 is still open): paho's
@@ -10,17 +10,20 @@ this module (and only this module) reaches into it:
 * pausing socket reads: Mosquitto 2.0 stops honouring ReceiveMaximum once acks
   start flowing and pushes its whole queue, so the process must stop reading
   the socket while too many messages wait in it (TCP back-pressure then keeps
-  the backlog in the broker).
+  the backlog in the broker);
+* non-blocking reads of its message queue (``take_nowait``) and buffered socket
+  reads (``_BufferedSocket``): the per-message cost when draining a backlog.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -35,6 +38,9 @@ __all__ = ["BrokerConnection", "subscription_filters"]
 log = structlog.get_logger("bridge.mqtt")
 
 QOS = 1
+READ_CHUNK = 65536
+READ_BURST = 500  # packets parsed per event-loop turn at most
+SUBSCRIBE_TIMEOUT_S = 60
 
 
 def subscription_filters(settings: Settings) -> list[str]:
@@ -66,6 +72,37 @@ def connect_properties(settings: Settings, receive_maximum: int) -> Properties:
     props.SessionExpiryInterval = settings.mqtt.session_expiry_s
     props.ReceiveMaximum = receive_maximum
     return props
+
+
+class _BufferedSocket:
+    """Serves paho's small reads from one large ``recv``.
+
+    paho reads each packet in three or four ``recv`` calls (type byte, length
+    bytes, body), each a system call and an event-loop wake-up. Reading 64 KiB at
+    once and handing it out from memory lets one wake-up drain every message in
+    the buffer. ``pending()`` tells the read loop that buffered bytes remain, as
+    it does for TLS sockets. Everything but ``recv`` goes to the real socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = memoryview(b"")
+
+    def recv(self, size: int) -> bytes:
+        if not self._buffer:
+            data = self._sock.recv(READ_CHUNK)  # BlockingIOError when drained; b"" at EOF
+            if not data:
+                return data
+            self._buffer = memoryview(data)
+        chunk = bytes(self._buffer[:size])
+        self._buffer = self._buffer[size:]
+        return chunk
+
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 class BrokerConnection:
@@ -109,13 +146,16 @@ class BrokerConnection:
         await self.client.__aenter__()
         # Always subscribe: a no-op for a live session, a restore for a lost one.
         for topic_filter in subscription_filters(self._settings):
-            await self.client.subscribe(topic_filter, qos=QOS)
+            # A long backlog can queue the SUBACK behind a receive window of messages.
+            await self.client.subscribe(topic_filter, qos=QOS, timeout=SUBSCRIBE_TIMEOUT_S)
         sock = self._paho.socket()
         if sock is not None:
             # Only now replace aiomqtt's read callback with one that can pause (see the
             # module docstring): paused earlier, a session's queued messages could keep
             # the SUBACK unread. Until the first ack, ReceiveMaximum bounds the intake.
             self._fileno = sock.fileno()
+            if isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket):
+                self._paho._sock = _BufferedSocket(sock)  # noqa: SLF001 - see _BufferedSocket
             loop = asyncio.get_running_loop()
             loop.remove_reader(self._fileno)
             loop.add_reader(self._fileno, self._on_readable)
@@ -127,6 +167,15 @@ class BrokerConnection:
         with contextlib.suppress(aiomqtt.MqttError):  # already gone: nothing to close
             await self.client.__aexit__(exc_type, exc, tb)
 
+    def take_nowait(self) -> aiomqtt.Message | None:
+        """The next message already received, or None; never waits.
+
+        Only call it while no ``anext(client.messages)`` is pending, or messages
+        could be taken out of order.
+        """
+        queue = self.client._queue  # noqa: SLF001 - aiomqtt has no non-blocking read
+        return None if queue.empty() else queue.get_nowait()
+
     def ack(self, message: aiomqtt.Message) -> None:
         """Acknowledge one message (PUBACK) after its batch committed."""
         self._paho.ack(message.mid, message.qos)
@@ -135,25 +184,36 @@ class BrokerConnection:
         """Called after acknowledgements: read the socket again once below the cap."""
         if self._paused and self._total_held() < self._max_held // 2 and self.connected:
             self._paused = False
-            asyncio.get_running_loop().add_reader(self._fileno, self._on_readable)
+            loop = asyncio.get_running_loop()
+            loop.add_reader(self._fileno, self._on_readable)
+            loop.call_soon(self._on_readable)  # bytes buffered before the pause
 
     def _total_held(self) -> int:
         return self._held() + self.queued
 
-    def _on_readable(self) -> None:
-        # Mirrors aiomqtt's own reader (client.py, _on_socket_open) plus the gate.
+    def _buffered(self) -> int:
+        """Bytes read from the socket but not yet parsed: they raise no readiness event."""
         sock = self._paho.socket()
+        return sock.pending() if isinstance(sock, ssl.SSLSocket | _BufferedSocket) else 0
+
+    def _on_readable(self) -> None:
+        # Mirrors aiomqtt's own reader (client.py, _on_socket_open) plus the gate, and
+        # yields to the event loop every READ_BURST packets so intake and commits run.
+        if self._paused or self._paho.socket() is None:
+            return
         try:
-            while True:
+            for _ in range(READ_BURST):
                 self._paho.loop_read()
-                if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
-                    continue
-                break
+                if not self._buffered() or self._total_held() >= self._max_held:
+                    break
         except Exception as exc:  # noqa: BLE001 - any read error means the link is gone
             disconnected = self.client._disconnected  # noqa: SLF001
             if not disconnected.done():
                 disconnected.set_exception(exc)
             return
-        if self._total_held() >= self._max_held and not self._paused:
+        loop = asyncio.get_running_loop()
+        if self._total_held() >= self._max_held:
             self._paused = True
-            asyncio.get_running_loop().remove_reader(self._fileno)
+            loop.remove_reader(self._fileno)
+        elif self._buffered():
+            loop.call_soon(self._on_readable)
