@@ -296,9 +296,10 @@ async def steady_state(broker: MosquittoProcess, pairs: int, minutes: float) -> 
         await wait_ready(port)
         sampler = Sampler(proc.pid)
         started = time.perf_counter()
+        out_dir = tempfile.mkdtemp(prefix="bench-steady-")
         loadgen = subprocess.Popen(
             [sys.executable, "-m", "loadgen", "run", "--devices", str(pairs), "--interval", "60",
-             "--duration", f"{int(minutes * 60)}s", "--speedup", "1", "--out", tempfile.mkdtemp(prefix="bench-steady-")],
+             "--duration", f"{int(minutes * 60)}s", "--speedup", "1", "--out", out_dir],
             env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         while loadgen.poll() is None:
