@@ -9,6 +9,8 @@ import asyncio
 import dataclasses
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -28,7 +30,9 @@ from tests.services import ROOT, Choice, MosquittoProcess
 from tests.tls_certs import CertificateAuthority, openssl_available
 
 MOSQUITTO_DIR = ROOT / "deploy" / "mosquitto"
-PASSWORDS = {user: secrets.token_urlsafe(16) for user in ("fleet-bridge", "MTR-1", "MTR-2")}
+PASSWORDS = {user: secrets.token_urlsafe(16) for user in ("fleet-bridge", "MTR-1", "MTR-2", "fleet-loadgen")}
+# The acl's commented-out block for a load generator on a test broker.
+LOADGEN_ACL = "# user fleet-loadgen\n# topic write meter/+\n# topic write vehicle/+\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Pki:
     misnamed_server: tuple[Path, Path]  # names broker.invalid only
     client: tuple[Path, Path]
     passwords: Path
+    acl_with_loadgen: Path
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +55,10 @@ def pki() -> Iterator[Pki]:
     ca = CertificateAuthority(directory, "ca")
     passwords = directory / "passwords"
     passwords.write_text("".join(mosquitto_password_entry(u, p) + "\n" for u, p in PASSWORDS.items()))
+    acl = (MOSQUITTO_DIR / "acl").read_text()
+    assert LOADGEN_ACL in acl
+    acl_with_loadgen = directory / "acl-with-loadgen"
+    acl_with_loadgen.write_text(acl.replace(LOADGEN_ACL, LOADGEN_ACL.replace("# ", "")))
     made = Pki(
         dir=directory,
         ca=ca.cert,
@@ -58,6 +67,7 @@ def pki() -> Iterator[Pki]:
         misnamed_server=ca.issue("misnamed", hosts=("broker.invalid",)),
         client=ca.issue("fleet-bridge", client=True),
         passwords=passwords,
+        acl_with_loadgen=acl_with_loadgen,
     )
     for path in [directory, *directory.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
@@ -65,13 +75,13 @@ def pki() -> Iterator[Pki]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def secure_config(pki: Pki, server: tuple[Path, Path], *, require_certificate: bool) -> tuple[str, str]:
+def secure_config(pki: Pki, server: tuple[Path, Path], *, require_certificate: bool, acl: Path) -> tuple[str, str]:
     """The shipped TLS config with the test's files, split into the part before the
     listener and the listener's own lines (MosquittoProcess moves the listener)."""
     text = (MOSQUITTO_DIR / "mosquitto-tls.conf").read_text()
     for shipped, local in {
         "/etc/mosquitto/passwords": pki.passwords,
-        "/etc/mosquitto/acl": MOSQUITTO_DIR / "acl",
+        "/etc/mosquitto/acl": acl,
         "/etc/mosquitto/certs/ca.crt": pki.ca,
         "/etc/mosquitto/certs/server.crt": server[0],
         "/etc/mosquitto/certs/server.key": server[1],
@@ -87,13 +97,15 @@ def secure_config(pki: Pki, server: tuple[Path, Path], *, require_certificate: b
 
 @pytest.fixture
 def secure_broker(mosquitto_choice: Choice, pki: Pki) -> Iterator[Callable[..., MosquittoProcess]]:
-    """``secure_broker(server=..., require_certificate=...)`` starts a private TLS broker."""
+    """``secure_broker(server, require_certificate=..., acl=...)`` starts a private TLS broker."""
     if mosquitto_choice.branch != "binary":
         pytest.skip("the TLS broker needs the mosquitto binary on this machine")
     started: list[MosquittoProcess] = []
 
-    def start(server: tuple[Path, Path] | None = None, *, require_certificate: bool = False) -> MosquittoProcess:
-        before, listener = secure_config(pki, server or pki.server, require_certificate=require_certificate)
+    def start(
+        server: tuple[Path, Path] | None = None, *, require_certificate: bool = False, acl: Path = MOSQUITTO_DIR / "acl"
+    ) -> MosquittoProcess:
+        before, listener = secure_config(pki, server or pki.server, require_certificate=require_certificate, acl=acl)
         proc = MosquittoProcess(mosquitto_choice.value, config_text=before, extra_config=listener)
         started.append(proc)
         proc.start()
@@ -346,3 +358,37 @@ async def test_a_client_certificate_is_presented_when_the_broker_requires_one(
     with_cert = {**env, "FLEET_BRIDGE_MQTT_TLS_CERT_FILE": str(cert), "FLEET_BRIDGE_MQTT_TLS_KEY_FILE": str(key)}
     result = run_cli(["check", "--timeout", "5"], with_cert)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.integration
+async def test_the_load_generator_publishes_over_tls_with_a_password(
+    secure_broker: Callable[..., MosquittoProcess],
+    start_bridge: Callable[..., BridgeProcess],
+    pki: Pki,
+    db: asyncpg.Connection,
+    schema: str,
+    tmp_path: Path,
+) -> None:
+    """fleet-loadgen takes the same TLS and login options (--tls-ca-file,
+    --password-file): with a write-all user of its own its readings reach the bridge."""
+    broker = secure_broker(acl=pki.acl_with_loadgen)
+    bridge = start_bridge(**tls_env(broker, pki.ca))
+    await bridge.wait_ready()
+    password_file = tmp_path / "loadgen-password"
+    password_file.write_text(PASSWORDS["fleet-loadgen"])
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "loadgen", "run", "--devices", "2", "--interval", "60", "--duration", "5m",
+         "--as-fast-as-possible", "--out", str(tmp_path), "--host", "127.0.0.1", "--port", str(broker.port),
+         "--username", "fleet-loadgen", "--password-file", str(password_file), "--tls-ca-file", str(pki.ca),
+         "--topic-prefix", ""],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    published = orjson.loads((tmp_path / "summary.json").read_bytes())["published"]
+    assert published == 2 * 2 * 5  # pairs x streams x readings
+
+    async def all_stored() -> bool:
+        return bridge.metric("fleet_bridge_rows_written_total") == published
+
+    await wait_for(all_stored, timeout=60, what="the load generator's readings")
