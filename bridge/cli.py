@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import aiomqtt
@@ -35,7 +35,7 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
-Handler = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 log = structlog.get_logger("bridge.cli")
 
 
@@ -127,6 +127,17 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_coroutine(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is importable (a dependency on Linux): it drains a
+    backlog faster than the default event loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 # --- argument parsing -------------------------------------------------------------
 
 
@@ -185,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config, overrides=overrides)
         secrets = secret_values(settings)
         configure_logging(settings.log.level, settings.log.format, secrets)
-        return int(asyncio.run(args.handler(settings, args)))
+        return int(run_coroutine(args.handler(settings, args)))
     except ConfigError as exc:
         print(f"fleet-bridge: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
