@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup lint test test-unit bench demo clean
+.PHONY: setup lint test test-unit bench bench-full demo clean
 
 $(BIN)/fleet-bridge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: setup  ## the whole suite (needs PostgreSQL and Mosquitto, see README)
 
 test-unit: setup  ## pure logic only, no services
 	$(BIN)/pytest -m unit
+
+bench: setup  ## ingest drain vs ceilings and the seed's design, steady state (quick mode, ~5 min)
+	$(BIN)/python -m bench.ingest --quick
+
+bench-full: setup  ## the same with a 500,000-reading drain and 5 minutes of steady state
+	$(BIN)/python -m bench.ingest --full
 
 demo:  ## the whole pipeline: services, bridge, a simulated fleet of 10,000, the report vs the truth
 	bash scripts/demo.sh
