@@ -148,18 +148,30 @@ def _override(text: str) -> tuple[str, str]:
     return key.strip().lower(), value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _common_options(*, after_command: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name.
+
+    After the name they have no defaults: argparse copies a command's defaults over
+    what was parsed before it, so ``fleet-bridge --config FILE run`` lost FILE.
+    """
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS if after_command else None)
     common.add_argument("--config", metavar="FILE", help="TOML settings file (or FLEET_BRIDGE_CONFIG)")
     common.add_argument(
-        "--set", dest="overrides", metavar="SECTION.KEY=VALUE", type=_override, action="append", default=[],
+        "--set", dest="overrides", metavar="SECTION.KEY=VALUE", type=_override, action="append",
+        default=argparse.SUPPRESS if after_command else [],
         help="override one setting, e.g. --set batch.max_rows=500 (repeatable)",
     )  # fmt: skip
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return common
 
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options(after_command=True)
     parser = argparse.ArgumentParser(
-        prog="fleet-bridge", description="MQTT fleet telemetry -> PostgreSQL bridge.", parents=[common]
+        prog="fleet-bridge",
+        description="MQTT fleet telemetry -> PostgreSQL bridge.",
+        parents=[_common_options(after_command=False)],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
