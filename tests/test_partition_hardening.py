@@ -1,4 +1,4 @@
-"""The SECURITY DEFINER partition functions after migration 0003: a caller's
+"""The SECURITY DEFINER partition functions: a caller's
 temporary tables cannot shadow the schema's, and the retention pass cannot drop
 the newest days whatever cutoff it is given."""
 
