@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 
 import asyncpg
 import pytest
 
-from tests.helpers import BridgeProcess, publish, wait_for
-from tests.test_ingest import fleet_messages, history_rows
+from tests.fleet_data import assert_stored_exactly, fleet_messages, history_total, publish_paced
+from tests.helpers import BridgeProcess, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
-
-
-def publish_paced(host: str, port: int, messages: list[tuple[str, bytes]], chunks: int, pause_s: float) -> None:
-    """Publish in ``chunks`` with pauses, so the stream spans the kills."""
-    size = -(-len(messages) // chunks)
-    for start in range(0, len(messages), size):
-        publish(host, port, messages[start : start + size])
-        time.sleep(pause_s)
 
 
 @pytest.mark.parametrize("round_", range(2))
@@ -57,11 +48,7 @@ async def test_kill_9_twice_loses_and_duplicates_nothing(
     expected = sum(len(v) for v in truth.values())
 
     async def all_stored() -> bool:
-        total = 0
-        for table in ("meter_telemetry_history", "vehicle_telemetry_history"):
-            total += await db.fetchval(f'SELECT count(*) FROM "{schema}".{table}')
-        return total >= expected
+        return await history_total(db, schema) >= expected
 
     await wait_for(all_stored, timeout=180, what=f"{expected} readings after the kills")
-    stored = await history_rows(db, schema)
-    assert {key: sorted(v) for key, v in stored.items()} == {key: sorted(v) for key, v in truth.items()}
+    await assert_stored_exactly(db, schema, truth)

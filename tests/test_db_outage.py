@@ -11,10 +11,9 @@ import asyncpg
 import psutil
 import pytest
 
+from tests.fleet_data import assert_stored_exactly, count, fleet_messages, history_total, publish_paced
 from tests.helpers import BridgeProcess, wait_for
 from tests.tcp_proxy import TcpProxy, through_proxy
-from tests.test_crash import publish_paced
-from tests.test_ingest import count, fleet_messages, history_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
@@ -61,14 +60,10 @@ async def test_database_outage_of_30_seconds(
         async def all_stored() -> bool:
             nonlocal peak
             peak = max(peak, process.memory_info().rss)
-            total = await count(db, schema, "meter_telemetry_history") + await count(
-                db, schema, "vehicle_telemetry_history"
-            )
-            return total >= expected
+            return await history_total(db, schema) >= expected
 
         await wait_for(all_stored, timeout=180, what=f"{expected} readings after the outage")
         await bridge.wait_ready()
 
-    stored = await history_rows(db, schema)
-    assert {k: sorted(v) for k, v in stored.items()} == {k: sorted(v) for k, v in truth.items()}
+    await assert_stored_exactly(db, schema, truth)
     assert peak < RSS_BOUND, f"peak RSS {peak / 2**20:.1f} MiB"

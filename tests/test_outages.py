@@ -13,9 +13,9 @@ import asyncpg
 import psutil
 import pytest
 
+from tests.fleet_data import assert_stored_exactly, count, fleet_messages, history_total
 from tests.helpers import BridgeProcess, meter_payload, publish, publish_async, wait_for
 from tests.services import MosquittoProcess
-from tests.test_ingest import count, fleet_messages, history_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -61,14 +61,10 @@ async def test_broker_restarted_twice_while_publishing(
     expected = sum(len(v) for v in truth.values())
 
     async def all_stored() -> bool:
-        total = await count(db, schema, "meter_telemetry_history") + await count(
-            db, schema, "vehicle_telemetry_history"
-        )
-        return total >= expected
+        return await history_total(db, schema) >= expected
 
     await wait_for(all_stored, timeout=180, what=f"{expected} readings after two broker restarts")
-    stored = await history_rows(db, schema)
-    assert {k: sorted(v) for k, v in stored.items()} == {k: sorted(v) for k, v in truth.items()}
+    await assert_stored_exactly(db, schema, truth)
     assert bridge.metric("fleet_bridge_mqtt_reconnects_total") >= 2
     assert bridge.metric("fleet_bridge_mqtt_connected") == 1
 
@@ -143,9 +139,7 @@ async def test_large_backlog_drains_in_bounded_memory(
     deadline = time.monotonic() + 600
     while True:
         peak = max(peak, process.memory_info().rss)
-        total = await count(db, schema, "meter_telemetry_history") + await count(
-            db, schema, "vehicle_telemetry_history"
-        )
+        total = await history_total(db, schema)
         if total >= expected:
             break
         assert time.monotonic() < deadline, f"backlog not drained: {total}/{expected}"

@@ -14,9 +14,8 @@ from datetime import datetime
 import asyncpg
 import pytest
 
+from tests.fleet_data import fleet_messages, history_rows, publish_paced, with_faults
 from tests.helpers import BridgeProcess, publish_async, wait_for
-from tests.test_crash import publish_paced
-from tests.test_ingest import fleet_messages, history_rows, with_faults
 
 pytestmark = pytest.mark.integration
 
