@@ -193,7 +193,7 @@ async def bare_subscriber(broker: MosquittoProcess, messages: list[tuple[str, by
     received = 0
     async with persistent_client(broker, "bench-bare") as client:
         async for message in client.messages:
-            orjson.loads(message.payload)  # type: ignore[arg-type]
+            orjson.loads(message.payload)
             received += 1
             if received == len(messages):
                 break
@@ -252,7 +252,7 @@ async def one_transaction_per_reading(broker: MosquittoProcess, messages: list[t
     try:
         async with persistent_client(broker, "bench-seed") as client:
             async for message in client.messages:
-                reading = parse_message(message.topic.value, message.payload, datetime.now(UTC), rules)  # type: ignore[arg-type]
+                reading = parse_message(message.topic.value, message.payload, datetime.now(UTC), rules)
                 assert isinstance(reading, Reading)
                 history, current = sql[reading.stream.name]
                 args = (reading.device_id, reading.recorded_at, reading.received_at, reading.values[0])

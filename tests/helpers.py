@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.services import ROOT, free_port
 
@@ -36,7 +37,7 @@ PUBLISH_WINDOW = 20_000
 
 def publish(host: str, port: int, messages: Iterable[tuple[str, bytes]], *, qos: int = 1, timeout: float = 120) -> int:
     """Publish every message and wait until the broker acknowledged each; returns the count."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
     client.max_inflight_messages_set(500)
     client.max_queued_messages_set(0)
     client.connect(host, port)

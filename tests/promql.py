@@ -37,7 +37,7 @@ def metric_names(expr: str) -> set[str]:
 
 def exported_series() -> set[str]:
     """Every series name the bridge's registry can expose, with the type's suffixes."""
-    names = set()
+    names: set[str] = set()
     for family in Metrics().registry.collect():
         names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
     return names

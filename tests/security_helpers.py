@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from tests.services import ROOT
@@ -51,7 +52,7 @@ def device_publish(
         if len(codes) == len(pending):
             done.set()
 
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"device-{user}", protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"device-{user}", protocol=paho.MQTTv5)
     client.username_pw_set(user, password)
     client.tls_set(ca_certs=str(ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
     client.on_publish = on_publish

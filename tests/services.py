@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 import pytest
@@ -198,6 +199,14 @@ class MosquittoProcess:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class _RunAs(TypedDict, total=False):
+    """The identity ``subprocess.run`` switches to for the cluster's tools."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
 class PostgresCluster:
     """A private PostgreSQL from the machine's binaries: a throwaway data directory,
     trust authentication, 127.0.0.1 on a free port. As root it belongs to and runs as
@@ -210,7 +219,7 @@ class PostgresCluster:
         self.dir = Path(tempfile.mkdtemp(prefix="fleet-postgres-"))
         self.data = self.dir / "data"
         self.log = self.dir / "postgres.log"
-        self._as: dict[str, object] = {}
+        self._as: _RunAs = {}
         if os.geteuid() == 0:
             owner = pwd.getpwnam("postgres")
             os.chown(self.dir, owner.pw_uid, owner.pw_gid)

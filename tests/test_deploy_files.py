@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.config import SECTIONS, MetricsSettings, env_name
 from tests import systemd_unit
@@ -90,7 +91,7 @@ def test_dockerignore_lets_in_what_the_dockerfile_copies() -> None:
     patterns = [p for p in patterns if p and not p.startswith("#")]
     assert patterns[0] == "*"
     included = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    copied = set()
+    copied: set[str] = set()
     for word, args in dockerfile_instructions():
         if word == "COPY" and not args.startswith("--from"):
             copied.update(s.rstrip("/") for s in args.split()[:-1])
@@ -403,9 +404,14 @@ def test_mosquitto_starts_with_the_shipped_config_and_round_trips_a_qos1_message
     listener, the persistence directory and the log to private places) and carries
     a QoS 1 message to a persistent MQTT v5 session."""
     subscribed, received = threading.Event(), threading.Event()
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="deploy-check", protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="deploy-check", protocol=paho.MQTTv5)
     client.on_subscribe = lambda *_: subscribed.set()
-    client.on_message = lambda _client, _userdata, message: message.payload == b"ok" and received.set()
+
+    def on_message(_client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
+        if message.payload == b"ok":
+            received.set()
+
+    client.on_message = on_message
     client.connect(private_broker.host, private_broker.port, clean_start=False)
     client.loop_start()
     try:

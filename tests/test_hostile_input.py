@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import bridge.parse
 from bridge.config import load_settings
 from bridge.errors import ConfigError
 from bridge.parse import DEVICE_ID, KWH_LIMIT, ParseRules, Reading, Reject, parse_message
@@ -61,7 +60,7 @@ def test_an_oversize_payload_is_refused_before_json_parsing(monkeypatch: pytest.
         calls.append(len(data))
         return real_loads(data)
 
-    monkeypatch.setattr(bridge.parse.orjson, "loads", counting_loads)
+    monkeypatch.setattr(orjson, "loads", counting_loads)
     huge = orjson.dumps({**GOOD, "pad": "x" * (1 << 20)})
     assert reject("meter/M1", huge).reason == "payload_too_large"
     assert calls == []

@@ -62,7 +62,8 @@ async def test_reading_for_a_day_without_partition_is_stored_in_a_new_partition(
     await publish_async(*broker, [(f"{prefix}meter/MTR-1", meter_payload(two_days_ago, 1.25))])
 
     async def stored() -> bool:
-        return await db.fetchval(f'SELECT count(*) FROM "{schema}".{partition}') == 1
+        rows: int = await db.fetchval(f'SELECT count(*) FROM "{schema}".{partition}')
+        return rows == 1
 
     async def partition_exists() -> bool:
         return await db.fetchval("SELECT to_regclass($1)", f'"{schema}".{partition}') is not None

@@ -84,8 +84,10 @@ async def test_report_equals_the_ground_truth_with_every_fault_on(
             db, schema, "vehicle_telemetry_history"
         )
         rejected = await count(db, schema, "ingest_rejects")
-        assert stored <= summary["readings"], "more rows than distinct readings"
-        return stored == summary["readings"] and rejected >= summary["faults"]["malformed"]
+        readings: int = summary["readings"]
+        malformed: int = summary["faults"]["malformed"]
+        assert stored <= readings, "more rows than distinct readings"
+        return stored == readings and rejected >= malformed
 
     await wait_for(all_in, timeout=120, what=f"{summary['readings']} readings and the rejects")
     rejects = await db.fetch(f'SELECT reason, count(*) AS n FROM "{schema}".ingest_rejects GROUP BY reason')

@@ -97,7 +97,7 @@ def test_skewed_vehicle_readings_are_more_than_5_s_from_every_meter_reading() ->
     """A skewed vehicle reading is 6-30 s off its own meter reading, so no meter
     reading of its pair is within the report's ±5 s: it is unmatched."""
     batches = messages(FaultRates(skew_over_5s=0.2), pairs=2)
-    meter_ts = {m.device_id: set() for m, _, _ in batches}
+    meter_ts: dict[str, set[int]] = {m.device_id: set() for m, _, _ in batches}
     for meter, _, _ in batches:
         meter_ts[meter.device_id].add(meter.ts_ms)
     skewed = 0
@@ -127,7 +127,7 @@ def test_each_malformed_message_is_rejected_by_the_bridge_for_its_reason(reason:
 def test_malformed_messages_are_extra_and_labelled_with_their_reason() -> None:
     """A malformed message comes in addition to the valid reading it was made from,
     carries no reading, and every reason occurs."""
-    reasons = collections.Counter()
+    reasons: collections.Counter[str] = collections.Counter()
     for _, _, batch in messages(FaultRates(malformed=0.3)):
         valid = [m for m in batch if m.reading is not None]
         assert len(valid) == 2

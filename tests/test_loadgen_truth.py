@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from loadgen.simulation import SimReading
-from loadgen.truth import PublishedReadings, hour_label, hourly_truth, nearest_meter, report_order
+from loadgen.truth import PublishedReadings, Row, hour_label, hourly_truth, nearest_meter, report_order
 
 pytestmark = pytest.mark.unit
 
@@ -97,7 +97,9 @@ def test_a_meter_reading_can_pair_with_two_vehicle_readings() -> None:
 
 def test_rows_are_in_the_reports_order() -> None:
     """Newest hour first, then by vehicle id, as ``fleet-bridge report`` prints them."""
-    rows = [{"vehicle_id": v, "hour": h} for v, h in [("EV-2", "12"), ("EV-1", "11"), ("EV-1", "12"), ("EV-3", "11")]]
+    rows: list[Row] = [
+        {"vehicle_id": v, "hour": h} for v, h in [("EV-2", "12"), ("EV-1", "11"), ("EV-1", "12"), ("EV-3", "11")]
+    ]
     assert [(r["vehicle_id"], r["hour"]) for r in report_order(rows)] == [
         ("EV-1", "12"),
         ("EV-2", "12"),

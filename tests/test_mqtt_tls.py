@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.config import load_settings
 from bridge.errors import ConfigError
@@ -310,7 +311,7 @@ async def test_a_device_may_publish_only_to_its_own_topic(
     await bridge.wait_ready()
     overheard: list[str] = []
     subscribed = threading.Event()
-    spy = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="device-MTR-2-spy", protocol=paho.MQTTv5)
+    spy = paho.Client(CallbackAPIVersion.VERSION2, client_id="device-MTR-2-spy", protocol=paho.MQTTv5)
     spy.username_pw_set("MTR-2", PASSWORDS["MTR-2"])
     spy.tls_set(ca_certs=str(pki.ca))
     spy.on_subscribe = lambda *_: subscribed.set()
@@ -385,7 +386,7 @@ async def test_the_load_generator_publishes_over_tls_with_a_password(
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    published = orjson.loads((tmp_path / "summary.json").read_bytes())["published"]
+    published: int = orjson.loads((tmp_path / "summary.json").read_bytes())["published"]
     assert published == 2 * 2 * 5  # pairs x streams x readings
 
     async def all_stored() -> bool:

@@ -104,9 +104,10 @@ async def test_constraint_violation_rejects_only_the_bad_row(
     await publish_async(*broker, [later])
 
     async def after_stored() -> bool:
-        return (
-            await db.fetchval(f'SELECT count(*) FROM "{schema}".meter_current_state WHERE meter_id = $1', "AFTER") == 1
+        rows: int = await db.fetchval(
+            f'SELECT count(*) FROM "{schema}".meter_current_state WHERE meter_id = $1', "AFTER"
         )
+        return rows == 1
 
     await wait_for(after_stored, timeout=60, what="a reading after the poison batch")
 

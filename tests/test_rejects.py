@@ -63,7 +63,8 @@ async def test_every_bad_message_is_kept_with_its_reason(
     await publish_async(*broker, interleaved)
 
     async def all_rejects_in() -> bool:
-        return await db.fetchval(f'SELECT count(*) FROM "{schema}".ingest_rejects') >= len(corpus)
+        rejects: int = await db.fetchval(f'SELECT count(*) FROM "{schema}".ingest_rejects')
+        return rejects >= len(corpus)
 
     await wait_for(all_rejects_in, timeout=60, what="every reject")
     stored = {
@@ -93,7 +94,8 @@ async def test_redelivered_reject_is_stored_once(
     await publish_async(*broker, [message, message, (f"{prefix}meter/M1", meter_payload(datetime.now(UTC)))])
 
     async def reading_stored() -> bool:
-        return await db.fetchval(f'SELECT count(*) FROM "{schema}".meter_telemetry_history') == 1
+        stored: int = await db.fetchval(f'SELECT count(*) FROM "{schema}".meter_telemetry_history')
+        return stored == 1
 
     await wait_for(reading_stored, timeout=60, what="the good reading")
     assert await db.fetchval(f'SELECT count(*) FROM "{schema}".ingest_rejects') == 1

@@ -164,6 +164,7 @@ async def test_daemon_as_ingest_role_stores_readings_rejects_and_a_missing_day_p
             roles.names["ingest"],
             qualified,
         )
+        assert privileges is not None
         assert dict(privileges) == {
             "report_reads": True,
             "ingest_inserts": True,

@@ -7,9 +7,11 @@ from __future__ import annotations
 import inspect
 import os
 import pwd
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn, TypeVar
 
 import asyncpg
 import pytest
@@ -34,12 +36,14 @@ from tests.services import (
 
 BINDIR = Path("/opt/pg/bin")
 
+_T = TypeVar("_T")
 
-def never(*_: object) -> bool:
+
+def never(*_: object) -> NoReturn:
     raise AssertionError("a later branch was consulted although an earlier one holds")
 
 
-def answer(value: object) -> Callable[..., object]:
+def answer(value: _T) -> Callable[..., _T]:
     return lambda *_, **__: value
 
 
@@ -221,11 +225,11 @@ def test_broker_config_keeps_the_projects_settings_and_moves_listener_and_storag
 def test_docker_counts_only_when_the_engine_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     """A docker client without an engine (as on this project's CI) is no Docker."""
     probe = services.docker_available.__wrapped__
-    monkeypatch.setattr(services.shutil, "which", answer(None))
+    monkeypatch.setattr(shutil, "which", answer(None))
     assert probe() is False
-    monkeypatch.setattr(services.shutil, "which", answer("/usr/bin/docker"))
+    monkeypatch.setattr(shutil, "which", answer("/usr/bin/docker"))
     for code, expected in ((1, False), (0, True)):
-        monkeypatch.setattr(services.subprocess, "run", answer(subprocess.CompletedProcess(["docker"], code)))
+        monkeypatch.setattr(subprocess, "run", answer(subprocess.CompletedProcess(["docker"], code)))
         assert probe() is expected
 
 
