@@ -12,7 +12,8 @@ this module (and only this module) reaches into it:
   the socket while too many messages wait in it (TCP back-pressure then keeps
   the backlog in the broker);
 * non-blocking reads of its message queue (``take_nowait``) and buffered socket
-  reads (``_BufferedSocket``): the per-message cost when draining a backlog.
+  reads (``_BufferedSocket``): the per-message cost when draining a backlog
+  (see also bridge/fastdecode.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bridge import fastdecode
 from bridge.config import Settings
 
 __all__ = ["BrokerConnection", "subscription_filters"]
@@ -132,6 +134,7 @@ class BrokerConnection:
         )
         self._paho: paho.Client = self.client._client  # noqa: SLF001 - see module docstring
         self._paho.manual_ack_set(True)
+        fastdecode.install()
 
     @property
     def connected(self) -> bool:

@@ -178,7 +178,9 @@ class Bridge:
 
     def _take(self, connection: BrokerConnection, message: aiomqtt.Message, batch: Batch) -> None:
         topic = message.topic.value
-        payload = message.payload if isinstance(message.payload, bytes) else bytes(str(message.payload), "utf-8")
+        # paho hands over bytes; aiomqtt's type also allows what its publish() accepts.
+        raw = message.payload
+        payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw).encode()
         result = parse_message(topic, payload, datetime.now(UTC), self.rules)
         if not batch:
             batch.opened_at = time.monotonic()
