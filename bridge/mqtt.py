@@ -147,10 +147,14 @@ class BrokerConnection:
 
     async def __aenter__(self) -> Self:
         await self.client.__aenter__()
-        # Always subscribe: a no-op for a live session, a restore for a lost one.
-        for topic_filter in subscription_filters(self._settings):
-            # A long backlog can queue the SUBACK behind a receive window of messages.
-            await self.client.subscribe(topic_filter, qos=QOS, timeout=SUBSCRIBE_TIMEOUT_S)
+        try:
+            # Always subscribe: a no-op for a live session, a restore for a lost one.
+            for topic_filter in subscription_filters(self._settings):
+                # A long backlog can queue the SUBACK behind a receive window of messages.
+                await self.client.subscribe(topic_filter, qos=QOS, timeout=SUBSCRIBE_TIMEOUT_S)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)  # do not leave it connected
+            raise
         sock = self._paho.socket()
         if sock is not None:
             # Only now replace aiomqtt's read callback with one that can pause (see the
