@@ -323,47 +323,55 @@ async def steady_state(broker: MosquittoProcess, pairs: int, minutes: float) -> 
     }
 
 
+def print_drain_table(drain_n: int, seed_n: int, results: dict[str, dict[str, float]]) -> None:
+    bridge, bare, database, seed = (results[k] for k in ("bridge", "bare", "database", "seed"))
+    ceiling = min(bare["rate"], database["rate"])
+    print(f"\n| measurement ({drain_n:,} readings) | msg/s | bridge / this |\n|---|---:|---:|")
+    print(f"| bridge drain | {bridge['rate']:,.0f} | 1.00 |")
+    rows = [
+        ("ceiling (a): bare aiomqtt subscriber + JSON", bare),
+        ("ceiling (b): database alone, bridge SQL", database),
+        (f"seed: one transaction per reading ({seed_n:,})", seed),
+    ]
+    for label, result in rows:
+        print(f"| {label} | {result['rate']:,.0f} | {bridge['rate'] / result['rate']:.2f} |")
+    print(f"| min(a, b) | {ceiling:,.0f} | {bridge['rate'] / ceiling:.2f} |")
+    print(f"\nDrain: bridge CPU {bridge['cpu_pct']:.0f} % of one core, peak RSS {bridge['peak_rss_mib']:.0f} MiB")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="100k drain, 1 min steady state (default)")
     mode.add_argument("--full", action="store_true", help="500k drain, 5 min steady state")
-    parser.add_argument("--skip-steady", action="store_true", help="only the drain measurements")
+    parts = parser.add_mutually_exclusive_group()
+    parts.add_argument("--skip-steady", action="store_true", help="only the drain measurements")
+    parts.add_argument("--only-steady", action="store_true", help="only the steady-state measurement")
     args = parser.parse_args()
     drain_n, seed_n, steady_min = (500_000, 30_000, 5.0) if args.full else (100_000, 10_000, 1.0)
 
     broker = MosquittoProcess("/usr/sbin/mosquitto")
     broker.start()
+    results: dict[str, dict[str, float]] = {}
     try:
-        messages = backlog(drain_n)
         print(f"# {platform.node()}: {os.cpu_count()} cores, python {platform.python_version()}", file=sys.stderr)
-        bridge = await bridge_drain(broker, messages)
-        print(f"bridge drain: {bridge}", file=sys.stderr)
-        bare = await bare_subscriber(broker, messages)
-        print(f"bare subscriber: {bare}", file=sys.stderr)
-        database = await database_alone(messages)
-        print(f"database alone: {database}", file=sys.stderr)
-        seed = await one_transaction_per_reading(broker, backlog(seed_n))
-        print(f"one tx per reading: {seed}", file=sys.stderr)
-        steady = None if args.skip_steady else await steady_state(broker, 10_000, steady_min)
+        if not args.only_steady:
+            messages = backlog(drain_n)
+            results["bridge"] = await bridge_drain(broker, messages)
+            results["bare"] = await bare_subscriber(broker, messages)
+            results["database"] = await database_alone(messages)
+            results["seed"] = await one_transaction_per_reading(broker, backlog(seed_n))
+            print(results, file=sys.stderr)
+        if not args.skip_steady:
+            results["steady"] = await steady_state(broker, 10_000, steady_min)
     finally:
         broker.close()
 
-    ceiling = min(bare["rate"], database["rate"])
-    print(f"\n| measurement ({drain_n:,} readings) | msg/s | ratio |\n|---|---:|---:|")
-    print(f"| bridge drain | {bridge['rate']:,.0f} | 1.00 |")
-    print(
-        f"| ceiling (a): bare aiomqtt subscriber + JSON | {bare['rate']:,.0f} | {bridge['rate'] / bare['rate']:.2f} |"
-    )
-    print(f"| ceiling (b): database alone, bridge SQL | {database['rate']:,.0f} | "
-          f"{bridge['rate'] / database['rate']:.2f} |")  # fmt: skip
-    print(f"| bridge / min(a, b) | | {bridge['rate'] / ceiling:.2f} |")
-    print(f"| seed: one transaction per reading ({seed_n:,}) | {seed['rate']:,.0f} | "
-          f"{bridge['rate'] / seed['rate']:.1f}x |")  # fmt: skip
-    print(f"\nDrain: bridge CPU {bridge['cpu_pct']:.0f} % of one core, peak RSS {bridge['peak_rss_mib']:.0f} MiB")
-    if steady:
+    if not args.only_steady:
+        print_drain_table(drain_n, seed_n, results)
+    if "steady" in results:
         print(f"\n| steady state, 10,000 pairs, real time, {steady_min:g} min | value |\n|---|---:|")
-        for key, value in steady.items():
+        for key, value in results["steady"].items():
             print(f"| {key} | {value:.3g} |")
 
 

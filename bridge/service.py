@@ -139,8 +139,13 @@ class Bridge:
     async def _consume(self, connection: BrokerConnection, stop: asyncio.Event) -> None:
         """Turn messages into batches until the connection drops or ``stop`` is set.
 
-        One ``__anext__`` task stays pending across flushes: cancelling a pending
-        read can lose a message aiomqtt already took off its queue.
+        An empty batch waits for its first message on the client's iterator. An open
+        one does not wake up per message: it sleeps for the idle gap, then takes all
+        that arrived meanwhile at once, and flushes when full, when due, or when a
+        gap brought nothing (the broker has nothing more for now). At the fleet's
+        steady rate that is a handful of wake-ups per batch instead of one per
+        reading. Cancelling a pending ``anext`` could lose a message aiomqtt already
+        took off its queue, so the only one ever cancelled is the last, on leaving.
         """
         messages = connection.client.messages
         pending: asyncio.Task[aiomqtt.Message] | None = None
@@ -148,25 +153,24 @@ class Bridge:
         batch = Batch()
         try:
             while True:
-                budget = self.policy.wait_budget(len(batch), time.monotonic() - batch.opened_at)
-                if budget == 0:
-                    batch = await self._flush(batch)
-                    continue
-                if pending is None:
-                    pending = asyncio.ensure_future(anext(messages))
-                done, _ = await asyncio.wait({pending, stopping}, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
-                if pending in done:
+                if not batch:
+                    pending = pending or asyncio.ensure_future(anext(messages))
+                    await asyncio.wait({pending, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    if not pending.done():
+                        return  # stopping
                     message = pending.result()  # MqttError when the connection dropped
                     pending = None
                     self._take(connection, message, batch)
-                    # Fast path: take what is already queued without a task per message.
-                    while not self.policy.is_full(len(batch)) and (queued := connection.take_nowait()) is not None:
-                        self._take(connection, queued, batch)
-                    self.metrics.inflight.set(self.held)
-                elif stopping in done:
-                    return
-                else:
-                    batch = await self._flush(batch)
+                    self._take_queued(connection, batch)
+                    continue
+                budget = self.policy.wait_budget(len(batch), time.monotonic() - batch.opened_at)
+                if budget:
+                    await asyncio.wait({stopping}, timeout=budget)
+                    if stopping.done():
+                        return
+                    if self._take_queued(connection, batch) and not self.policy.is_full(len(batch)):
+                        continue
+                batch = await self._flush(batch)
         finally:
             stopping.cancel()
             if pending is not None:
@@ -175,6 +179,15 @@ class Bridge:
                 pending.cancel()
             if batch:
                 await self._flush(batch)
+
+    def _take_queued(self, connection: BrokerConnection, batch: Batch) -> int:
+        """Take what the client has already received, up to a full batch; how many."""
+        taken = 0
+        while not self.policy.is_full(len(batch)) and (queued := connection.take_nowait()) is not None:
+            self._take(connection, queued, batch)
+            taken += 1
+        self.metrics.inflight.set(self.held)
+        return taken
 
     def _take(self, connection: BrokerConnection, message: aiomqtt.Message, batch: Batch) -> None:
         topic = message.topic.value
