@@ -9,17 +9,15 @@ import asyncio
 import re
 import threading
 from collections.abc import Callable
-from datetime import datetime
 
 import asyncpg
 import pytest
 
-from tests.fleet_data import fleet_messages, history_rows, publish_paced, with_faults
+from tests.fleet_data import Truth, assert_stored_exactly, fleet_messages, history_total, publish_paced, with_faults
 from tests.helpers import BridgeProcess, publish_async, wait_for
 
 pytestmark = pytest.mark.integration
 
-Truth = dict[tuple[str, str], set[datetime]]
 DEADLOCK = re.compile(r"DeadlockDetected|40P01|deadlock detected", re.IGNORECASE)
 # Small batches: more transactions overlapping between the replicas.
 BATCH = {"FLEET_BRIDGE_BATCH_MAX_ROWS": "500"}
@@ -40,24 +38,9 @@ async def wait_all_stored(db: asyncpg.Connection, schema: str, truth: Truth) -> 
     expected = sum(len(v) for v in truth.values())
 
     async def done() -> bool:
-        total = 0
-        for stream in ("meter", "vehicle"):
-            total += await db.fetchval(f'SELECT count(*) FROM "{schema}".{stream}_telemetry_history')
-        return total >= expected
+        return await history_total(db, schema) >= expected
 
     await wait_for(done, timeout=300, what=f"{expected} history rows", every=0.5)
-
-
-async def assert_stored_exactly(db: asyncpg.Connection, schema: str, truth: Truth) -> None:
-    """History holds each distinct reading once; current state is each device's newest."""
-    stored = await history_rows(db, schema)
-    assert {key: sorted(v) for key, v in stored.items()} == {key: sorted(v) for key, v in truth.items()}
-    for stream in ("meter", "vehicle"):
-        current = {
-            r["id"]: r["recorded_at"]
-            for r in await db.fetch(f'SELECT {stream}_id AS id, recorded_at FROM "{schema}".{stream}_current_state')
-        }
-        assert current == {device: max(ts) for (s, device), ts in truth.items() if s == stream}
 
 
 def assert_no_deadlock(replicas: list[BridgeProcess]) -> None:
