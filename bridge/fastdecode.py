@@ -25,6 +25,16 @@ _V5 = MQTTProtocolVersion.MQTTv5
 
 def decode_publish(header: int, packet: bytes | bytearray, protocol: MQTTProtocolVersion) -> _packet.PublishPacket:
     """paho's ``decode_publish``, without a Properties object when there are none."""
+    try:
+        fast = _decode_without_properties(header, packet, protocol)
+    except IndexError:  # truncated: paho's decoder raises the proper MalformedPacket
+        fast = None
+    return fast if fast is not None else _original(header, packet, protocol)
+
+
+def _decode_without_properties(
+    header: int, packet: bytes | bytearray, protocol: MQTTProtocolVersion
+) -> _packet.PublishPacket | None:
     if protocol == _V5 and len(packet) >= 2:
         qos = (header & 0x06) >> 1
         topic_end = 2 + ((packet[0] << 8) | packet[1])
@@ -41,7 +51,7 @@ def decode_publish(header: int, packet: bytes | bytearray, protocol: MQTTProtoco
                 properties=None,
                 payload=bytes(packet[properties_at + 1 :]),
             )
-    return _original(header, packet, protocol)
+    return None
 
 
 def install() -> None:

@@ -118,6 +118,8 @@ class BrokerConnection:
         self._max_held = max_held
         self._paused = False
         self._fileno = -1
+        self._keepalive_s = settings.mqtt.keepalive_s
+        self._keepalive_timer: asyncio.TimerHandle | None = None
         self.client = aiomqtt.Client(
             settings.mqtt.host,
             settings.mqtt.port,
@@ -191,6 +193,8 @@ class BrokerConnection:
         """Called after acknowledgements: read the socket again once below the cap."""
         if self._paused and self._total_held() < self._max_held // 2 and self.connected:
             self._paused = False
+            if self._keepalive_timer is not None:
+                self._keepalive_timer.cancel()
             loop = asyncio.get_running_loop()
             loop.add_reader(self._fileno, self._on_readable)
             loop.call_soon(self._on_readable)  # bytes buffered before the pause
@@ -214,6 +218,10 @@ class BrokerConnection:
                 if not self._buffered() or self._total_held() >= self._max_held:
                     break
         except Exception as exc:  # noqa: BLE001 - any read error means the link is gone
+            # paho may not have closed the socket (an unexpected exception rather
+            # than an error code): close it, or the loop would keep calling us.
+            asyncio.get_running_loop().remove_reader(self._fileno)
+            self._paho._sock_close()  # noqa: SLF001
             disconnected = self.client._disconnected  # noqa: SLF001
             if not disconnected.done():
                 disconnected.set_exception(exc)
@@ -222,5 +230,17 @@ class BrokerConnection:
         if self._total_held() >= self._max_held:
             self._paused = True
             loop.remove_reader(self._fileno)
+            self._keepalive_timer = loop.call_later(self._keepalive_s / 2, self._hold_keepalive)
         elif self._buffered():
             loop.call_soon(self._on_readable)
+
+    def _hold_keepalive(self) -> None:
+        """While paused (say, the database is down), the broker's PINGRESPs go
+        unread and paho would close a healthy link after two keepalive periods.
+        Tell it the link is alive, so it keeps sending PINGREQs instead; a broker
+        that is really gone still shows as failing writes."""
+        if not self._paused or not self.connected:
+            return
+        self._paho._last_bytes_received = paho.time_func()  # noqa: SLF001
+        self._paho._ping_t = 0  # noqa: SLF001
+        self._keepalive_timer = asyncio.get_running_loop().call_later(self._keepalive_s / 2, self._hold_keepalive)

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from tests.fleet_data import assert_stored_exactly, count, fleet_messages, history_total, publish_paced
-from tests.helpers import BridgeProcess, wait_for
+from tests.helpers import BridgeProcess, publish_async, wait_for
 from tests.tcp_proxy import TcpProxy, through_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
@@ -67,3 +67,40 @@ async def test_database_outage_of_30_seconds(
 
     await assert_stored_exactly(db, schema, truth)
     assert peak < RSS_BOUND, f"peak RSS {peak / 2**20:.1f} MiB"
+
+
+async def test_long_database_outage_keeps_the_broker_link(
+    pg_dsn: str,
+    db: asyncpg.Connection,
+    schema: str,
+    prefix: str,
+    broker: tuple[str, int],
+    start_bridge: Callable[..., BridgeProcess],
+) -> None:
+    """While the database is away the bridge stops reading MQTT (its window is full),
+    so the broker's keepalive answers go unread; the link must survive outages far
+    longer than two keepalive periods, and the held readings are stored afterwards."""
+    keepalive_s = 5
+    messages, truth = fleet_messages(prefix, devices=50, readings_each=6, seed=9)
+    async with TcpProxy("127.0.0.1", 5432) as proxy:
+        bridge = start_bridge(
+            FLEET_BRIDGE_DB_DSN=through_proxy(pg_dsn, proxy),
+            FLEET_BRIDGE_DB_COMMAND_TIMEOUT_S="2",
+            FLEET_BRIDGE_MQTT_KEEPALIVE_S=str(keepalive_s),
+            FLEET_BRIDGE_BATCH_MAX_ROWS="20",  # a window of 60 messages: full at once
+        )
+        await bridge.wait_ready()
+        await proxy.cut()
+        await publish_async(*broker, messages)
+        await asyncio.sleep(keepalive_s * 3 + 1)
+        assert bridge.metric("fleet_bridge_inflight_messages") == 60, "the read gate should be closed"
+        assert bridge.metric("fleet_bridge_mqtt_connected") == 1
+        await proxy.restore()
+
+        async def all_stored() -> bool:
+            return await history_total(db, schema) >= len(messages)
+
+        await wait_for(all_stored, timeout=120, what="every reading after the outage")
+    assert bridge.metric("fleet_bridge_mqtt_reconnects_total") == 0
+    assert "Keep alive timeout" not in bridge.logs()
+    await assert_stored_exactly(db, schema, truth)

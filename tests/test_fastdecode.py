@@ -7,6 +7,7 @@ import struct
 import pytest
 from paho.mqtt import _packet
 from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -69,3 +70,10 @@ def test_install_replaces_paho_decoder() -> None:
     """After install(), paho's client decodes through the fast path."""
     fastdecode.install()
     assert _packet.decode_publish is fastdecode.decode_publish
+
+
+def test_truncated_packet_is_malformed_as_with_paho() -> None:
+    """A PUBLISH cut off before its message id raises paho's MalformedPacket, not IndexError."""
+    truncated = struct.pack("!H", 7) + b"meter/M"  # QoS 1 but no message id
+    with pytest.raises(MalformedPacket):
+        fastdecode.decode_publish(0x32, truncated, V5)
