@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -40,6 +41,7 @@ __all__ = ["BrokerConnection", "subscription_filters"]
 log = structlog.get_logger("bridge.mqtt")
 
 QOS = 1
+_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, message id
 READ_CHUNK = 65536
 READ_BURST = 500  # packets parsed per event-loop turn at most
 SUBSCRIBE_TIMEOUT_S = 60
@@ -185,9 +187,16 @@ class BrokerConnection:
         queue = self.client._queue  # noqa: SLF001 - aiomqtt has no non-blocking read
         return None if queue.empty() else queue.get_nowait()
 
-    def ack(self, message: aiomqtt.Message) -> None:
-        """Acknowledge one message (PUBACK) after its batch committed."""
-        self._paho.ack(message.mid, message.qos)
+    def ack(self, messages: Sequence[aiomqtt.Message]) -> None:
+        """Acknowledge messages (PUBACK each, in order) after their batch committed.
+
+        paho's ``ack(mid, qos)`` queues one packet per message, each a system call to
+        write; the PUBACKs of a batch are instead queued as one run of bytes, which
+        paho writes like any other packet (one queue entry, one ``send``).
+        """
+        pubacks = b"".join(_PUBACK.pack(paho.PUBACK, 2, m.mid) for m in messages if m.qos == QOS)
+        if pubacks:
+            self._paho._packet_queue(paho.PUBACK, pubacks, 0, QOS)  # noqa: SLF001
 
     def resume_if_drained(self) -> None:
         """Called after acknowledgements: read the socket again once below the cap."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import operator
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -223,13 +225,14 @@ class Bridge:
             batch = await self._batches.get()
             outcome = await writer.write(batch)
             acked = 0
-            for connection, message in batch.handles:
+            for connection, run in itertools.groupby(batch.handles, key=operator.itemgetter(0)):
                 # A message of a connection that has since dropped is redelivered by
                 # the broker on the next one; it is stored already, so it will count
                 # as a duplicate there. Never ack it on another connection.
+                messages = [message for _, message in run]
                 if connection.connected:
-                    connection.ack(message)
-                    acked += 1
+                    connection.ack(messages)
+                    acked += len(messages)
             self.held -= len(batch)
             self.metrics.inflight.set(self.held)
             self._record(batch, outcome)

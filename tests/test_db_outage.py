@@ -93,7 +93,10 @@ async def test_long_database_outage_keeps_the_broker_link(
         await proxy.cut()
         await publish_async(*broker, messages)
         await asyncio.sleep(keepalive_s * 3 + 1)
-        assert bridge.metric("fleet_bridge_inflight_messages") == 60, "the read gate should be closed"
+        # ReceiveMaximum (60) messages are in the process, taken into batches or still
+        # queued in the client: the read gate is closed.
+        assert 0 < bridge.metric("fleet_bridge_inflight_messages") <= 60
+        assert await history_total(db, schema) == 0
         assert bridge.metric("fleet_bridge_mqtt_connected") == 1
         await proxy.restore()
 
