@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from tests.helpers import meter_payload, publish, vehicle_payload
+from tests.helpers import meter_payload, publish, vehicle_payload, wait_for
 
 Truth = dict[tuple[str, str], set[datetime]]
 
@@ -81,3 +81,15 @@ async def assert_stored_exactly(db: asyncpg.Connection, schema: str, truth: Trut
             for r in await db.fetch(f'SELECT {stream}_id AS id, recorded_at FROM "{schema}".{stream}_current_state')
         }
         assert current == {device: max(ts) for (s, device), ts in truth.items() if s == stream}
+
+
+async def wait_stored_exactly(db: asyncpg.Connection, schema: str, truth: Truth, *, timeout: float, after: str) -> None:
+    """Wait until history holds as many rows as the truth has readings, then check
+    that it holds exactly those (the timeout is a failure bound)."""
+    expected = sum(len(v) for v in truth.values())
+
+    async def all_in() -> bool:
+        return await history_total(db, schema) >= expected
+
+    await wait_for(all_in, timeout=timeout, what=f"{expected} readings {after}")
+    await assert_stored_exactly(db, schema, truth)

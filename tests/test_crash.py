@@ -10,7 +10,7 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 
-from tests.fleet_data import assert_stored_exactly, fleet_messages, history_total, publish_paced
+from tests.fleet_data import fleet_messages, publish_paced, wait_stored_exactly
 from tests.helpers import BridgeProcess, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
@@ -45,10 +45,4 @@ async def test_kill_9_twice_loses_and_duplicates_nothing(
         await bridge.wait_ready()
     await asyncio.to_thread(publisher.join)
 
-    expected = sum(len(v) for v in truth.values())
-
-    async def all_stored() -> bool:
-        return await history_total(db, schema) >= expected
-
-    await wait_for(all_stored, timeout=180, what=f"{expected} readings after the kills")
-    await assert_stored_exactly(db, schema, truth)
+    await wait_stored_exactly(db, schema, truth, timeout=180, after="after the kills")

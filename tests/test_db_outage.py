@@ -11,7 +11,14 @@ import asyncpg
 import psutil
 import pytest
 
-from tests.fleet_data import assert_stored_exactly, count, fleet_messages, history_total, publish_paced
+from tests.fleet_data import (
+    assert_stored_exactly,
+    count,
+    fleet_messages,
+    history_total,
+    publish_paced,
+    wait_stored_exactly,
+)
 from tests.helpers import BridgeProcess, publish_async, wait_for
 from tests.tcp_proxy import TcpProxy, through_proxy
 
@@ -99,11 +106,6 @@ async def test_long_database_outage_keeps_the_broker_link(
         assert await history_total(db, schema) == 0
         assert bridge.metric("fleet_bridge_mqtt_connected") == 1
         await proxy.restore()
-
-        async def all_stored() -> bool:
-            return await history_total(db, schema) >= len(messages)
-
-        await wait_for(all_stored, timeout=120, what="every reading after the outage")
+        await wait_stored_exactly(db, schema, truth, timeout=120, after="after the outage")
     assert bridge.metric("fleet_bridge_mqtt_reconnects_total") == 0
     assert "Keep alive timeout" not in bridge.logs()
-    await assert_stored_exactly(db, schema, truth)

@@ -13,7 +13,7 @@ import asyncpg
 import psutil
 import pytest
 
-from tests.fleet_data import assert_stored_exactly, count, fleet_messages, history_total
+from tests.fleet_data import count, fleet_messages, history_total, wait_stored_exactly
 from tests.helpers import BridgeProcess, meter_payload, publish, publish_async, wait_for
 from tests.services import MosquittoProcess
 
@@ -58,13 +58,7 @@ async def test_broker_restarted_twice_while_publishing(
         await asyncio.to_thread(private_broker.restart)
     await asyncio.to_thread(publisher.join)
 
-    expected = sum(len(v) for v in truth.values())
-
-    async def all_stored() -> bool:
-        return await history_total(db, schema) >= expected
-
-    await wait_for(all_stored, timeout=180, what=f"{expected} readings after two broker restarts")
-    await assert_stored_exactly(db, schema, truth)
+    await wait_stored_exactly(db, schema, truth, timeout=180, after="after two broker restarts")
     assert bridge.metric("fleet_bridge_mqtt_reconnects_total") >= 2
     assert bridge.metric("fleet_bridge_mqtt_connected") == 1
 

@@ -13,7 +13,12 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 
-from tests.fleet_data import Truth, assert_stored_exactly, fleet_messages, history_total, publish_paced, with_faults
+from tests.fleet_data import (
+    fleet_messages,
+    publish_paced,
+    wait_stored_exactly,
+    with_faults,
+)
 from tests.helpers import BridgeProcess, publish_async, wait_for
 
 pytestmark = pytest.mark.integration
@@ -32,15 +37,6 @@ async def start_replicas(start_bridge: Callable[..., BridgeProcess], uid: str, c
     replicas = [start_bridge(**replica_env(uid, n)) for n in range(count)]
     await asyncio.gather(*(r.wait_ready() for r in replicas))
     return replicas
-
-
-async def wait_all_stored(db: asyncpg.Connection, schema: str, truth: Truth) -> None:
-    expected = sum(len(v) for v in truth.values())
-
-    async def done() -> bool:
-        return await history_total(db, schema) >= expected
-
-    await wait_for(done, timeout=300, what=f"{expected} history rows", every=0.5)
 
 
 def assert_no_deadlock(replicas: list[BridgeProcess]) -> None:
@@ -69,8 +65,7 @@ async def test_three_replicas_store_50000_readings_exactly_once_without_deadlock
     replicas = await start_replicas(start_bridge, uid, 3)
 
     await publish_async(*broker, published)
-    await wait_all_stored(db, schema, truth)
-    await assert_stored_exactly(db, schema, truth)
+    await wait_stored_exactly(db, schema, truth, timeout=300, after="in history")
 
     def settled() -> bool:
         received = sum(r.metric("fleet_bridge_messages_received_total") for r in replicas)
@@ -118,8 +113,7 @@ async def test_replica_killed_and_restarted_after_10_s_loses_nothing(
     restarted = start_bridge(**replica_env(uid, 0))
     await restarted.wait_ready()
 
-    await wait_all_stored(db, schema, truth)
-    await assert_stored_exactly(db, schema, truth)
+    await wait_stored_exactly(db, schema, truth, timeout=300, after="in history")
     # Published before it came back, so held for its session all along.
     assert restarted.metric("fleet_bridge_messages_received_total") > 0
     assert_no_deadlock([*replicas, restarted])
