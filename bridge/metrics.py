@@ -40,39 +40,54 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        p = "fleet_bridge_"
         self.messages_received = Counter(
-            p + "messages_received_total", "MQTT messages received.", ["stream"], registry=r
+            "fleet_bridge_messages_received_total", "MQTT messages received.", ["stream"], registry=r
         )
-        self.rows_written = Counter(p + "rows_written_total", "History rows inserted.", ["stream"], registry=r)
+        self.rows_written = Counter("fleet_bridge_rows_written_total", "History rows inserted.", ["stream"], registry=r)
         self.duplicates = Counter(
-            p + "duplicates_total", "Readings already stored (same device and ts).", ["stream"], registry=r
+            "fleet_bridge_duplicates_total", "Readings already stored (same device and ts).", ["stream"], registry=r
         )
         self.rejected = Counter(
-            p + "messages_rejected_total", "Messages stored in ingest_rejects.", ["reason"], registry=r
+            "fleet_bridge_messages_rejected_total", "Messages stored in ingest_rejects.", ["reason"], registry=r
         )
         self.ingest_lag = Histogram(
-            p + "ingest_lag_seconds", "Commit time minus the device's ts.", ["stream"], buckets=LAG_BUCKETS, registry=r
+            "fleet_bridge_ingest_lag_seconds",
+            "Commit time minus the device's ts.",
+            ["stream"],
+            buckets=LAG_BUCKETS,
+            registry=r,
         )
         self.pipeline_latency = Histogram(
-            p + "pipeline_latency_seconds", "Commit time minus receive time.", buckets=LATENCY_BUCKETS, registry=r
+            "fleet_bridge_pipeline_latency_seconds",
+            "Commit time minus receive time.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_rows = Histogram(
-            p + "batch_rows", "Messages per committed batch.", buckets=BATCH_ROWS_BUCKETS, registry=r
+            "fleet_bridge_batch_rows", "Messages per committed batch.", buckets=BATCH_ROWS_BUCKETS, registry=r
         )
         self.batch_commit = Histogram(
-            p + "batch_commit_seconds", "Time to write and commit one batch.", buckets=COMMIT_BUCKETS, registry=r
+            "fleet_bridge_batch_commit_seconds",
+            "Time to write and commit one batch.",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
         )
-        self.inflight = Gauge(p + "inflight_messages", "Messages received but not yet acknowledged.", registry=r)
-        self.mqtt_connected = Gauge(p + "mqtt_connected", "1 while connected to the broker.", registry=r)
-        self.mqtt_reconnects = Counter(p + "mqtt_reconnects_total", "Broker connections re-established.", registry=r)
-        self.db_errors = Counter(p + "db_errors_total", "Database errors by kind.", ["kind"], registry=r)
-        self.last_commit = Gauge(p + "last_commit_timestamp_seconds", "Unix time of the last batch COMMIT.", registry=r)
+        self.inflight = Gauge(
+            "fleet_bridge_inflight_messages", "Messages received but not yet acknowledged.", registry=r
+        )
+        self.mqtt_connected = Gauge("fleet_bridge_mqtt_connected", "1 while connected to the broker.", registry=r)
+        self.mqtt_reconnects = Counter(
+            "fleet_bridge_mqtt_reconnects_total", "Broker connections re-established.", registry=r
+        )
+        self.db_errors = Counter("fleet_bridge_db_errors_total", "Database errors by kind.", ["kind"], registry=r)
+        self.last_commit = Gauge(
+            "fleet_bridge_last_commit_timestamp_seconds", "Unix time of the last batch COMMIT.", registry=r
+        )
         self.devices_stale = Gauge(
-            p + "devices_stale", "Devices with no reading for 3 intervals.", ["stream"], registry=r
+            "fleet_bridge_devices_stale", "Devices with no reading for 3 intervals.", ["stream"], registry=r
         )
         self.sequence_gaps = Counter(
-            p + "sequence_gaps_total", "Jumps in a device's seq counter.", ["stream"], registry=r
+            "fleet_bridge_sequence_gaps_total", "Jumps in a device's seq counter.", ["stream"], registry=r
         )
         # Pre-create the labelled series so dashboards and alerts see zeros, not gaps.
         for stream in STREAM_NAMES:

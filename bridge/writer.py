@@ -102,7 +102,7 @@ class Writer:
         self._current_sql = {spec.name: current_state_sql(schema, spec) for spec in STREAMS.values()}
         self._rejects_sql = rejects_sql(schema)
         self._schema = schema
-        self._known_partitions: set[tuple[str, date]] = set()
+        self._known_days: dict[str, set[date]] = collections.defaultdict(set)  # per history table
 
     async def write(self, batch: Batch) -> WriteOutcome:
         """Commit the batch, retrying transient failures until it succeeds.
@@ -120,7 +120,7 @@ class Writer:
                 self._health.db_ok = False
                 self._metrics.db_errors.labels("transient").inc()
                 if NO_PARTITION_MESSAGE in str(exc):
-                    self._known_partitions.clear()
+                    self._known_days.clear()
                 delay = backoff_delay(attempt)
                 log.warning(
                     "db_write_retry", error=type(exc).__name__, sqlstate=sqlstate(exc), detail=str(exc)[:300],
@@ -198,9 +198,9 @@ class Writer:
         """Create any missing day partition before the batch's transaction."""
         for name, rows in by_stream.items():
             table = name + "_telemetry_history"
-            days = {r.recorded_at.date() for r in rows} - {d for t, d in self._known_partitions if t == table}
+            days = {r.recorded_at.date() for r in rows} - self._known_days[table]
             if days:
                 created = await ensure_partitions(conn, self._schema, table, days)
                 if created:
                     log.info("partitions_created", table=table, days=[d.isoformat() for d in created])
-                self._known_partitions.update((table, d) for d in days)
+                self._known_days[table].update(days)
