@@ -2,23 +2,26 @@
 acknowledgement after COMMIT, and a read gate that bounds the messages held in
 the process whatever the broker's backlog.
 
-aiomqtt 2.5 has no public API for what follows, so
-this module (and only this module) reaches into it:
+aiomqtt (through paho) connects, subscribes, keeps the link alive and reconnects
+cleanly; once subscribed, this module reads the socket itself, because aiomqtt
+2.5 has no public API for what follows (this module, and only this one, reaches
+into it):
 
 * manual acknowledgement (aiomqtt PR #346 is still open): paho's
-  ``manual_ack_set(True)`` before connecting and ``ack(mid, qos)`` after COMMIT;
+  ``manual_ack_set(True)`` before connecting, then PUBACKs written after COMMIT;
 * pausing socket reads: Mosquitto 2.0 stops honouring ReceiveMaximum once acks
   start flowing and pushes its whole queue, so the process must stop reading
   the socket while too many messages wait in it (TCP back-pressure then keeps
   the backlog in the broker);
-* non-blocking reads of its message queue (``take_nowait``) and buffered socket
-  reads (``_BufferedSocket``): the per-message cost when draining a backlog
-  (see also bridge/fastdecode.py).
+* the per-message cost when draining a backlog: 64 KiB reads split into packets
+  by bridge/wire.py, PUBLISH packets queued here as ``Publish`` tuples, every
+  other packet handed to paho as if it had read it itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
 import ssl
@@ -30,20 +33,22 @@ from typing import Any, Self
 import aiomqtt
 import paho.mqtt.client as paho
 import structlog
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge import fastdecode
+from bridge import wire
 from bridge.config import Settings
+from bridge.wire import Publish
 
-__all__ = ["BrokerConnection", "subscription_filters"]
+__all__ = ["BrokerConnection", "Publish", "subscription_filters"]
 
 log = structlog.get_logger("bridge.mqtt")
 
 QOS = 1
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, message id
 READ_CHUNK = 65536
-READ_BURST = 500  # packets parsed per event-loop turn at most
 SUBSCRIBE_TIMEOUT_S = 60
 
 
@@ -78,35 +83,13 @@ def connect_properties(settings: Settings, receive_maximum: int) -> Properties:
     return props
 
 
-class _BufferedSocket:
-    """Serves paho's small reads from one large ``recv``.
-
-    paho reads each packet in three or four ``recv`` calls (type byte, length
-    bytes, body), each a system call and an event-loop wake-up. Reading 64 KiB at
-    once and handing it out from memory lets one wake-up drain every message in
-    the buffer. ``pending()`` tells the read loop that buffered bytes remain, as
-    it does for TLS sockets. Everything but ``recv`` goes to the real socket.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._buffer = memoryview(b"")
-
-    def recv(self, size: int) -> bytes:
-        if not self._buffer:
-            data = self._sock.recv(READ_CHUNK)  # BlockingIOError when drained; b"" at EOF
-            if not data:
-                return data
-            self._buffer = memoryview(data)
-        chunk = bytes(self._buffer[:size])
-        self._buffer = self._buffer[size:]
-        return chunk
-
-    def pending(self) -> int:
-        return len(self._buffer)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+def _in_packet(header: int = 0, body: bytes = b"") -> paho._InPacket:
+    """paho's reader state: idle (``header`` 0, as it leaves it between packets) or
+    holding one whole packet, ready for its ``_packet_handle``."""
+    return {
+        "command": header, "have_remaining": 1 if header else 0, "remaining_count": [], "remaining_mult": 1,
+        "remaining_length": len(body), "packet": bytearray(body), "to_process": 0, "pos": 0,
+    }  # fmt: skip
 
 
 class BrokerConnection:
@@ -114,7 +97,7 @@ class BrokerConnection:
     ids of a dead connection are never acknowledged on a new one."""
 
     def __init__(self, settings: Settings, *, receive_maximum: int, held: Callable[[], int], max_held: int) -> None:
-        """``held()`` counts the messages taken from this client and not yet acknowledged."""
+        """``held()`` counts the messages taken from this connection and not yet acknowledged."""
         self._settings = settings
         self._held = held
         self._max_held = max_held
@@ -122,6 +105,9 @@ class BrokerConnection:
         self._fileno = -1
         self._keepalive_s = settings.mqtt.keepalive_s
         self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._inbox = b""  # read from the socket, not yet split into packets
+        self._received: collections.deque[Publish] = collections.deque()
+        self._arrival: asyncio.Future[None] | None = None  # set when _received gains messages
         self.client = aiomqtt.Client(
             settings.mqtt.host,
             settings.mqtt.port,
@@ -138,7 +124,8 @@ class BrokerConnection:
         )
         self._paho: paho.Client = self.client._client  # noqa: SLF001 - see module docstring
         self._paho.manual_ack_set(True)
-        fastdecode.install()
+        # Messages paho itself reads (before subscribing completes) join ours.
+        self._paho.on_message = self._on_paho_message
 
     @property
     def connected(self) -> bool:
@@ -146,8 +133,8 @@ class BrokerConnection:
 
     @property
     def queued(self) -> int:
-        """Messages received by the client library but not yet taken by us."""
-        return len(self.client.messages)
+        """Messages received but not yet taken."""
+        return len(self._received)
 
     async def __aenter__(self) -> Self:
         await self.client.__aenter__()
@@ -161,12 +148,10 @@ class BrokerConnection:
             raise
         sock = self._paho.socket()
         if sock is not None:
-            # Only now replace aiomqtt's read callback with one that can pause (see the
-            # module docstring): paused earlier, a session's queued messages could keep
-            # the SUBACK unread. Until the first ack, ReceiveMaximum bounds the intake.
+            # Only now replace aiomqtt's read callback with ours, which can pause: paused
+            # earlier, a session's queued messages could keep the SUBACK unread. Until
+            # the first ack, ReceiveMaximum bounds the intake.
             self._fileno = sock.fileno()
-            if isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket):
-                self._paho._sock = _BufferedSocket(sock)  # noqa: SLF001 - see _BufferedSocket
             loop = asyncio.get_running_loop()
             loop.remove_reader(self._fileno)
             loop.add_reader(self._fileno, self._on_readable)
@@ -178,16 +163,25 @@ class BrokerConnection:
         with contextlib.suppress(aiomqtt.MqttError):  # already gone: nothing to close
             await self.client.__aexit__(exc_type, exc, tb)
 
-    def take_nowait(self) -> aiomqtt.Message | None:
-        """The next message already received, or None; never waits.
+    async def receive(self) -> Publish:
+        """The next message, waiting for one; ``MqttError`` once the connection is lost.
 
-        Only call it while no ``anext(client.messages)`` is pending, or messages
-        could be taken out of order.
+        Cancelling it loses nothing: a message stays queued until it is returned.
         """
-        queue = self.client._queue  # noqa: SLF001 - aiomqtt has no non-blocking read
-        return None if queue.empty() else queue.get_nowait()
+        disconnected = self.client._disconnected  # noqa: SLF001 - aiomqtt's connection-lost future
+        while not self._received:
+            if disconnected.done():
+                cause = None if disconnected.cancelled() else disconnected.exception()
+                raise aiomqtt.MqttError("Disconnected during message iteration") from cause
+            self._arrival = asyncio.get_running_loop().create_future()
+            await asyncio.wait({self._arrival, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+        return self._received.popleft()
 
-    def ack(self, messages: Sequence[aiomqtt.Message]) -> None:
+    def take_nowait(self) -> Publish | None:
+        """The next message already received, or None; never waits."""
+        return self._received.popleft() if self._received else None
+
+    def ack(self, messages: Sequence[Publish]) -> None:
         """Acknowledge messages (PUBACK each, in order) after their batch committed.
 
         paho's ``ack(mid, qos)`` queues one packet per message, each a system call to
@@ -200,48 +194,109 @@ class BrokerConnection:
 
     def resume_if_drained(self) -> None:
         """Called after acknowledgements: read the socket again once below the cap."""
-        if self._paused and self._total_held() < self._max_held // 2 and self.connected:
+        if self._paused and self._room() > self._max_held // 2 and self.connected:
             self._paused = False
             if self._keepalive_timer is not None:
                 self._keepalive_timer.cancel()
             loop = asyncio.get_running_loop()
             loop.add_reader(self._fileno, self._on_readable)
-            loop.call_soon(self._on_readable)  # bytes buffered before the pause
+            loop.call_soon(self._on_readable)  # packets read before the pause
 
-    def _total_held(self) -> int:
-        return self._held() + self.queued
+    def _room(self) -> int:
+        """How many more messages may enter the process."""
+        return self._max_held - self._held() - len(self._received)
 
-    def _buffered(self) -> int:
-        """Bytes read from the socket but not yet parsed: they raise no readiness event."""
-        sock = self._paho.socket()
-        return sock.pending() if isinstance(sock, ssl.SSLSocket | _BufferedSocket) else 0
+    def _on_paho_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        self._received.append(Publish(message.topic, bytes(message.payload), message.mid, message.qos))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._arrival is not None and not self._arrival.done():
+            self._arrival.set_result(None)
 
     def _on_readable(self) -> None:
-        # Mirrors aiomqtt's own reader (client.py, _on_socket_open) plus the gate, and
-        # yields to the event loop every READ_BURST packets so intake and commits run.
+        """One read of up to 64 KiB, split into packets; pauses at the cap."""
         if self._paused or self._paho.socket() is None:
             return
         try:
-            for _ in range(READ_BURST):
+            if self._paho._in_packet["command"]:  # noqa: SLF001
+                # paho was part-way through a packet when we took the socket over.
                 self._paho.loop_read()
-                if not self._buffered() or self._total_held() >= self._max_held:
-                    break
-        except Exception as exc:  # noqa: BLE001 - any read error means the link is gone
-            # paho may not have closed the socket (an unexpected exception rather
-            # than an error code): close it, or the loop would keep calling us.
+                return
+            self._dispatch()  # what a pause left unsplit
+            if self._room() > 0:
+                self._receive()
+                self._dispatch()
+        except Exception as exc:  # noqa: BLE001 - a read error of any kind means the link is gone
+            # Close the socket ourselves, or the loop would keep calling us.
             asyncio.get_running_loop().remove_reader(self._fileno)
             self._paho._sock_close()  # noqa: SLF001
             disconnected = self.client._disconnected  # noqa: SLF001
             if not disconnected.done():
                 disconnected.set_exception(exc)
             return
+        sock = self._paho.socket()
+        if sock is None:
+            return  # lost: paho closed it and told aiomqtt
         loop = asyncio.get_running_loop()
-        if self._total_held() >= self._max_held:
+        if self._room() <= 0:
             self._paused = True
             loop.remove_reader(self._fileno)
             self._keepalive_timer = loop.call_later(self._keepalive_s / 2, self._hold_keepalive)
-        elif self._buffered():
-            loop.call_soon(self._on_readable)
+        elif isinstance(sock, ssl.SSLSocket) and sock.pending():
+            loop.call_soon(self._on_readable)  # decrypted bytes raise no readiness event
+
+    def _receive(self) -> None:
+        sock = self._paho.socket()
+        assert isinstance(sock, socket.socket)  # plain or TLS: no websockets here
+        try:
+            data = sock.recv(READ_CHUNK)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except OSError as exc:
+            log.warning("mqtt_read_failed", error=str(exc))
+            data = b""
+        if not data:
+            self._lose(paho.MQTT_ERR_CONN_LOST)
+            return
+        self._paho._last_bytes_received = paho.time_func()  # noqa: SLF001 - keepalive bookkeeping
+        self._inbox = self._inbox + data if self._inbox else data
+
+    def _dispatch(self) -> None:
+        """Queue the complete PUBLISH packets (up to the cap), hand the rest to paho."""
+        if not self._inbox:
+            return
+        try:
+            frames = wire.split_packets(self._inbox, self._room())
+        except wire.Malformed as exc:
+            log.warning("mqtt_protocol_error", error=str(exc))
+            self._lose(paho.MQTT_ERR_PROTOCOL)
+            return
+        self._inbox = self._inbox[frames.consumed :]
+        if frames.publishes:
+            self._received.extend(frames.publishes)
+            self._wake()
+        for header, body in frames.others:
+            rc = self._paho_handles(header, body)
+            if rc != paho.MQTT_ERR_SUCCESS:
+                self._lose(rc)
+                return
+
+    def _paho_handles(self, header: int, body: bytes) -> MQTTErrorCode:
+        """Let paho process one packet as if its own reader had read it."""
+        self._paho._in_packet = _in_packet(header, body)  # noqa: SLF001
+        try:
+            return self._paho._packet_handle()  # noqa: SLF001
+        except MalformedPacket as exc:
+            log.warning("mqtt_protocol_error", error=str(exc))
+            return paho.MQTT_ERR_PROTOCOL
+        finally:
+            self._paho._in_packet = _in_packet()  # noqa: SLF001
+
+    def _lose(self, rc: MQTTErrorCode) -> None:
+        """Close the link as paho's own reader would on ``rc``; aiomqtt hears of it."""
+        self._inbox = b""
+        self._paho._loop_rc_handle(rc)  # noqa: SLF001
 
     def _hold_keepalive(self) -> None:
         """While paused (say, the database is down), the broker's PINGRESPs go

@@ -25,7 +25,7 @@ from bridge.config import Settings
 from bridge.db import create_pool, qualified
 from bridge.http import start_http_server
 from bridge.metrics import Health, Metrics
-from bridge.mqtt import BrokerConnection
+from bridge.mqtt import BrokerConnection, Publish
 from bridge.parse import ParseRules, Reading, parse_message
 from bridge.partitions import run_maintenance
 from bridge.retry import backoff_delay
@@ -141,28 +141,23 @@ class Bridge:
     async def _consume(self, connection: BrokerConnection, stop: asyncio.Event) -> None:
         """Turn messages into batches until the connection drops or ``stop`` is set.
 
-        An empty batch waits for its first message on the client's iterator. An open
-        one does not wake up per message: it sleeps for the idle gap, then takes all
-        that arrived meanwhile at once, and flushes when full, when due, or when a
-        gap brought nothing (the broker has nothing more for now). At the fleet's
-        steady rate that is a handful of wake-ups per batch instead of one per
-        reading. Cancelling a pending ``anext`` could lose a message aiomqtt already
-        took off its queue, so the only one ever cancelled is the last, on leaving.
+        An empty batch waits for its first message. An open one does not wake up
+        per message: it sleeps for the idle gap, then takes all that arrived
+        meanwhile at once, and flushes when full, when due, or when a gap brought
+        nothing (the broker has nothing more for now). At the fleet's steady rate
+        that is a handful of wake-ups per batch instead of one per reading.
         """
-        messages = connection.client.messages
-        pending: asyncio.Task[aiomqtt.Message] | None = None
         stopping = asyncio.ensure_future(stop.wait())
         batch = Batch()
         try:
             while True:
                 if not batch:
-                    pending = pending or asyncio.ensure_future(anext(messages))
-                    await asyncio.wait({pending, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    if not pending.done():
+                    receiving = asyncio.ensure_future(connection.receive())
+                    await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    if not receiving.done():
+                        receiving.cancel()  # loses nothing: the message stays queued
                         return  # stopping
-                    message = pending.result()  # MqttError when the connection dropped
-                    pending = None
-                    self._take(connection, message, batch)
+                    self._take(connection, receiving.result(), batch)  # MqttError: connection lost
                     self._take_queued(connection, batch)
                     continue
                 budget = self.policy.wait_budget(len(batch), time.monotonic() - batch.opened_at)
@@ -175,10 +170,6 @@ class Bridge:
                 batch = await self._flush(batch)
         finally:
             stopping.cancel()
-            if pending is not None:
-                # Only when leaving the connection: anything it held is unacknowledged
-                # and the broker redelivers it to this client id.
-                pending.cancel()
             if batch:
                 await self._flush(batch)
 
@@ -191,12 +182,9 @@ class Bridge:
         self.metrics.inflight.set(self.held)
         return taken
 
-    def _take(self, connection: BrokerConnection, message: aiomqtt.Message, batch: Batch) -> None:
-        topic = message.topic.value
-        # paho hands over bytes; aiomqtt's type also allows what its publish() accepts.
-        raw = message.payload
-        payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw).encode()
-        result = parse_message(topic, payload, datetime.now(UTC), self.rules)
+    def _take(self, connection: BrokerConnection, message: Publish, batch: Batch) -> None:
+        topic = message.topic
+        result = parse_message(topic, message.payload, datetime.now(UTC), self.rules)
         if not batch:
             batch.opened_at = time.monotonic()
         batch.handles.append((connection, message))

@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import aiomqtt
 import asyncpg
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from tests.fleet_data import assert_stored_exactly, count, fleet_messages, history_total, with_faults
-from tests.helpers import BridgeProcess, meter_payload, publish_async, wait_for
+from tests.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -74,3 +77,35 @@ async def test_reading_for_a_day_without_partition_is_stored_in_a_new_partition(
     assert row is not None
     assert row["recorded_at"] == two_days_ago
     assert row["kwh_consumed_ac"] == 1.25
+
+
+async def test_readings_published_with_v5_properties_or_at_qos0_are_stored(
+    db: asyncpg.Connection,
+    schema: str,
+    prefix: str,
+    broker: tuple[str, int],
+    start_bridge: Callable[..., BridgeProcess],
+) -> None:
+    """Mosquitto forwards a publisher's MQTT 5 properties (content type, user
+    properties) and QoS 0 stays QoS 0: the bridge's packet reader takes both."""
+    bridge = start_bridge()
+    await bridge.wait_ready()
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ContentType = "application/json"
+    props.UserProperty = [("site", "depot-7"), ("fw", "1.2.3")]
+    ts = datetime.now(UTC).replace(microsecond=0)
+    async with aiomqtt.Client(*broker, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        await client.publish(f"{prefix}meter/MTR-P", meter_payload(ts, 2.5), qos=1, properties=props)
+        await client.publish(f"{prefix}vehicle/EV-P", vehicle_payload(ts, 2.25), qos=0, properties=props)
+        await client.publish(f"{prefix}meter/MTR-Q", meter_payload(ts, 1.5), qos=0)
+
+    async def all_stored() -> bool:
+        return await history_total(db, schema) == 3
+
+    await wait_for(all_stored, timeout=60, what="three readings")
+    rows = await db.fetch(f'SELECT meter_id, kwh_consumed_ac FROM "{schema}".meter_telemetry_history')
+    meters = {row["meter_id"]: row["kwh_consumed_ac"] for row in rows}
+    assert meters == {"MTR-P": 2.5, "MTR-Q": 1.5}
+    vehicle = await db.fetchval(f'SELECT kwh_delivered_dc FROM "{schema}".vehicle_telemetry_history')
+    assert vehicle == 2.25
+    assert await count(db, schema, "ingest_rejects") == 0
