@@ -8,7 +8,7 @@ from typing import Any
 
 from bridge.parse import STREAMS, Reading, Reject, StreamSpec
 
-__all__ = ["Batch", "history_columns", "newest_per_device", "split_by_stream"]
+__all__ = ["Batch", "history_columns", "split_by_stream"]
 
 
 @dataclasses.dataclass
@@ -52,17 +52,3 @@ def history_columns(spec: StreamSpec, readings: Sequence[Reading]) -> list[list[
     columns += [[r.values[i] for r in rows] for i in range(width)]
     columns.append([r.seq for r in rows])
     return columns
-
-
-def newest_per_device(readings: Sequence[Reading]) -> list[Reading]:
-    """The newest reading of each device (by recorded_at), sorted by device id.
-
-    An UPSERT may touch each key once per statement, and sorting by key keeps the
-    row-lock order identical across writers.
-    """
-    newest: dict[str, Reading] = {}
-    for reading in readings:
-        kept = newest.get(reading.device_id)
-        if kept is None or reading.recorded_at > kept.recorded_at:
-            newest[reading.device_id] = reading
-    return [newest[device] for device in sorted(newest)]

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 import asyncpg
 import structlog
 
-from bridge.batch import Batch, history_columns, newest_per_device, split_by_stream
+from bridge.batch import Batch, history_columns, split_by_stream
 from bridge.db import NO_PARTITION_MESSAGE, Conn, ErrorKind, classify, qualified, sqlstate
 from bridge.metrics import Health, Metrics
 from bridge.parse import METER, STREAMS, VEHICLE, Reading, Reject, StreamSpec
@@ -54,22 +54,31 @@ def _unnest(spec: StreamSpec) -> str:
     return ", ".join(f"${n}::{t}" for n, t in enumerate(types, start=1))
 
 
-def history_sql(schema: str, spec: StreamSpec) -> str:
-    columns = ", ".join(_columns(spec))
-    return (
-        f"INSERT INTO {qualified(schema, spec.name + '_telemetry_history')} ({columns}) "
-        f"SELECT * FROM unnest({_unnest(spec)}) ON CONFLICT DO NOTHING"
-    )
+def stream_sql(schema: str, spec: StreamSpec) -> str:
+    """One statement per stream and batch, fed ONE set of column arrays: append
+    every reading to history (a reading already stored is a duplicate: DO NOTHING)
+    and move each device's current state to its newest reading.
 
-
-def current_state_sql(schema: str, spec: StreamSpec) -> str:
-    table = qualified(schema, spec.name + "_current_state")
-    columns = _columns(spec)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
-    # The WHERE keeps a late or duplicate reading from replacing a newer one.
+    Rows arrive sorted by (device, recorded_at) and current-state rows are taken in
+    device order, so concurrent writers lock rows in the same order. Of two
+    readings with the same device and time, history keeps the first; the tie-break
+    on ``position`` makes the current state keep the same one. Returns the number
+    of history rows inserted.
+    """
+    names = ", ".join(_columns(spec))
+    device = spec.id_field
+    history = qualified(schema, spec.name + "_telemetry_history")
+    current = qualified(schema, spec.name + "_current_state")
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _columns(spec)[1:])
     return (
-        f"INSERT INTO {table} AS cur ({', '.join(columns)}) SELECT * FROM unnest({_unnest(spec)}) "
-        f"ON CONFLICT ({spec.id_field}) DO UPDATE SET {updates} WHERE excluded.recorded_at > cur.recorded_at"
+        f"WITH batch AS (SELECT * FROM unnest({_unnest(spec)}) WITH ORDINALITY AS b({names}, position)), "
+        f"inserted AS (INSERT INTO {history} ({names}) SELECT {names} FROM batch ORDER BY position "
+        "ON CONFLICT DO NOTHING RETURNING 1), "
+        f"newest AS (INSERT INTO {current} AS cur ({names}) SELECT DISTINCT ON ({device}) {names} FROM batch "
+        f"ORDER BY {device}, recorded_at DESC, position "
+        # The WHERE keeps a late or duplicate reading from replacing a newer one.
+        f"ON CONFLICT ({device}) DO UPDATE SET {updates} WHERE excluded.recorded_at > cur.recorded_at) "
+        "SELECT count(*) FROM inserted"
     )
 
 
@@ -98,8 +107,7 @@ class Writer:
         self._pool = pool
         self._metrics = metrics
         self._health = health
-        self._history_sql = {spec.name: history_sql(schema, spec) for spec in STREAMS.values()}
-        self._current_sql = {spec.name: current_state_sql(schema, spec) for spec in STREAMS.values()}
+        self._stream_sql = {spec.name: stream_sql(schema, spec) for spec in STREAMS.values()}
         self._rejects_sql = rejects_sql(schema)
         self._schema = schema
         self._known_days: dict[str, set[date]] = collections.defaultdict(set)  # per history table
@@ -166,20 +174,13 @@ class Writer:
         async with self._pool.acquire() as conn:
             await self._ensure_partitions(conn, by_stream)
             async with conn.transaction():
-                # One fixed table order for every writer: history, then current state.
+                # One fixed table order for every writer: meter, then vehicle.
                 for spec in (METER, VEHICLE):
                     rows = by_stream[spec.name]
                     if rows:
-                        status = await conn.execute(self._history_sql[spec.name], *history_columns(spec, rows))
-                        inserted = int(status.rsplit(" ", 1)[-1])
+                        inserted = await conn.fetchval(self._stream_sql[spec.name], *history_columns(spec, rows))
                         outcome.inserted[spec.name] = inserted
                         outcome.duplicates[spec.name] = len(rows) - inserted
-                for spec in (METER, VEHICLE):
-                    rows = by_stream[spec.name]
-                    if rows:
-                        await conn.execute(
-                            self._current_sql[spec.name], *history_columns(spec, newest_per_device(rows))
-                        )
                 if rejects:
                     ordered = sorted(rejects, key=lambda r: (r.topic, r.payload))
                     stored = await conn.fetch(

@@ -52,6 +52,46 @@ def transient_errors(writer: Writer) -> float:
     return value or 0.0
 
 
+async def test_one_batch_keeps_the_newest_reading_per_device_and_the_first_of_a_tie(
+    db: asyncpg.Connection, schema: str, writers: Callable[[], Awaitable[Writer]]
+) -> None:
+    """Within a batch, out of order and with two readings of one device at the same
+    time: history holds each (device, ts) once, the first one; current state holds
+    each device's newest reading, the same row history kept; an older batch after
+    that changes history only."""
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    at = [t0 + timedelta(minutes=m) for m in range(10)]
+    writer = await writers()
+    batch = Batch(readings=[
+        reading(METER, "B", at[2], 1.0), reading(METER, "A", at[5], 1.0), reading(METER, "B", at[9], 1.0),
+        reading(METER, "A", at[3], 1.0), reading(METER, "B", at[9], 2.0),
+    ])  # fmt: skip
+    outcome = await writer.write(batch)
+    assert (outcome.inserted["meter"], outcome.duplicates["meter"]) == (4, 1)
+    history = await db.fetch(
+        f'SELECT meter_id, recorded_at, kwh_consumed_ac FROM "{schema}".meter_telemetry_history ORDER BY 1, 2'
+    )
+    assert [tuple(r) for r in history] == [("A", at[3], 1.0), ("A", at[5], 1.0), ("B", at[2], 1.0), ("B", at[9], 1.0)]
+    current = f'SELECT meter_id, recorded_at, kwh_consumed_ac FROM "{schema}".meter_current_state ORDER BY 1'
+    assert [tuple(r) for r in await db.fetch(current)] == [("A", at[5], 1.0), ("B", at[9], 1.0)]
+
+    await writer.write(Batch(readings=[reading(METER, "A", at[0], 5.0)]))
+    assert [tuple(r) for r in await db.fetch(current)] == [("A", at[5], 1.0), ("B", at[9], 1.0)]
+
+    # Many ties at once (a small sort may happen to keep input order; a large one need not).
+    ties = [
+        reading(METER, f"T{d:04d}", at[1] + timedelta(seconds=d % 7), kwh) for d in range(2000) for kwh in (3.0, 4.0)
+    ]
+    await writer.write(Batch(readings=ties))
+    kept = await db.fetch(
+        f'SELECT c.kwh_consumed_ac AS current, h.kwh_consumed_ac AS history FROM "{schema}".meter_current_state c'
+        f' JOIN "{schema}".meter_telemetry_history h USING (meter_id, recorded_at) WHERE meter_id LIKE $1',
+        "T%",
+    )
+    assert len(kept) == 2000
+    assert {(r["current"], r["history"]) for r in kept} == {(3.0, 3.0)}
+
+
 @pytest.mark.slow
 async def test_writers_in_opposite_orders_never_deadlock_and_the_newest_reading_wins(
     db: asyncpg.Connection, schema: str, writers: Callable[[], Awaitable[Writer]]

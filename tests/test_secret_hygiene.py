@@ -101,7 +101,7 @@ def test_log_lines_mask_a_secret_quoted_by_a_library(capsys: pytest.CaptureFixtu
     try:
         structlog.get_logger("test").warning("db_check_failed", error="auth failed for s3cr3t-value")
     finally:
-        configure_logging("info", "json")
+        structlog.reset_defaults()  # its stream is capsys's, closed after this test
     err = capsys.readouterr().err
     assert "s3cr3t-value" not in err
     assert MASK in err

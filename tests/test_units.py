@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bridge.batch import history_columns, newest_per_device, split_by_stream
+from bridge.batch import history_columns, split_by_stream
 from bridge.batcher import FlushPolicy
 from bridge.parse import METER, VEHICLE, Reading
 from bridge.partitions import days_to_premake, drop_cutoff, partition_name
@@ -50,17 +50,6 @@ def test_history_columns_are_sorted_by_device_then_time() -> None:
     assert columns[1] == [T0 + timedelta(minutes=m) for m in (3, 5, 1, 2)]
     assert len(columns) == 3 + len(METER.value_fields) + 1
     assert columns[-1] == [3, 5, 1, 2]
-
-
-def test_newest_per_device_keeps_one_row_per_device() -> None:
-    """The UPSERT gets each device once, with its newest reading, sorted by id."""
-    rows = [reading("B", 2), reading("A", 5), reading("B", 9), reading("A", 3), reading("B", 9, kwh=2.0)]
-    newest = newest_per_device(rows)
-    assert [(r.device_id, r.recorded_at) for r in newest] == [
-        ("A", T0 + timedelta(minutes=5)),
-        ("B", T0 + timedelta(minutes=9)),
-    ]
-    assert newest[1].values[0] == 1.0  # the first of two equal timestamps wins: stable
 
 
 def test_split_by_stream_lists_every_stream() -> None:
