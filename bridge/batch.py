@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,7 @@ class Batch:
     readings: list[Reading] = dataclasses.field(default_factory=list)
     rejects: list[Reject] = dataclasses.field(default_factory=list)
     opened_at: float = 0.0  # monotonic time of the first message
+    received: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # per stream label
 
     def __len__(self) -> int:
         return len(self.handles)

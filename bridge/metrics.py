@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
+import collections
 import dataclasses
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Health", "Metrics"]
+__all__ = ["Health", "Metrics", "observe_all"]
 
 # Ingest lag spans a healthy pipeline (tens of ms) up to an hours-old backlog
 # replayed after an outage, so the buckets run from 10 ms to 4 h.
@@ -20,6 +23,20 @@ REJECT_REASONS = (
     "future_timestamp", "too_old", "bad_device_id", "id_mismatch", "payload_too_large",
     "unknown_topic", "db_error",
 )  # fmt: skip
+
+
+def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for each value, with one locked update per bucket
+    touched instead of two per value: a batch observes two values per reading.
+
+    prometheus_client has no bulk observe, so this uses its Histogram's layout
+    (``_upper_bounds``, per-bucket ``_buckets``, ``_sum``); tests/test_units.py
+    checks the result against ``observe`` one by one.
+    """
+    bounds = histogram._upper_bounds  # noqa: SLF001 - see docstring
+    for index, count in collections.Counter(bisect.bisect_left(bounds, v) for v in values).items():
+        histogram._buckets[index].inc(count)  # noqa: SLF001
+    histogram._sum.inc(sum(values))  # noqa: SLF001
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ from bridge.batcher import FlushPolicy
 from bridge.config import Settings
 from bridge.db import create_pool, qualified
 from bridge.http import start_http_server
-from bridge.metrics import Health, Metrics
+from bridge.metrics import Health, Metrics, observe_all
 from bridge.mqtt import BrokerConnection, Publish
 from bridge.parse import ParseRules, Reading, parse_message
 from bridge.partitions import run_maintenance
@@ -71,8 +71,6 @@ class Bridge:
         self._sequences = SequenceTracker()
         self._connect_count = 0
         self._connection: BrokerConnection | None = None  # the live one, if any
-        # Labelled children resolved once: this is on the per-message path.
-        self._received = {s: self.metrics.messages_received.labels(s) for s in ("meter", "vehicle", "unknown")}
 
     async def run(self, stop: asyncio.Event) -> None:
         pool = await create_pool(self.settings)
@@ -197,12 +195,14 @@ class Bridge:
         else:
             batch.rejects.append(result)
             stream = stream_of(topic, self.rules.topic_prefix)
-        self._received[stream].inc()
+        batch.received[stream] += 1
         self.held += 1
 
     async def _flush(self, batch: Batch) -> Batch:
         """Hand the batch to the committer (waits while it is busy: back-pressure)."""
         if batch:
+            for stream, count in batch.received.items():
+                self.metrics.messages_received.labels(stream).inc(count)
             await self._batches.put(batch)
         return Batch()
 
@@ -241,12 +241,13 @@ class Bridge:
             m.duplicates.labels(stream).inc(count)
         for reason, count in outcome.rejected.items():
             m.rejected.labels(reason).inc(count)
-        lag = {"meter": m.ingest_lag.labels("meter"), "vehicle": m.ingest_lag.labels("vehicle")}
+        lags: dict[str, list[float]] = {"meter": [], "vehicle": []}
         for reading in batch.readings:
-            lag[reading.stream.name].observe((committed - reading.recorded_at).total_seconds())
-            m.pipeline_latency.observe((committed - reading.received_at).total_seconds())
-        for reject in batch.rejects:
-            m.pipeline_latency.observe((committed - reject.received_at).total_seconds())
+            lags[reading.stream.name].append((committed - reading.recorded_at).total_seconds())
+        for stream, values in lags.items():
+            observe_all(m.ingest_lag.labels(stream), values)
+        received = [r.received_at for r in batch.readings] + [r.received_at for r in batch.rejects]
+        observe_all(m.pipeline_latency, [(committed - at).total_seconds() for at in received])
         m.batch_rows.observe(len(batch))
         m.last_commit.set(committed.timestamp())
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 
 from bridge.config import Settings, load_settings
 from bridge.migrate import apply_migrations
@@ -45,6 +46,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     used = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
     if "unit" in kinds and used:
         pytest.fail(f"{item.nodeid}: a unit test must not use services, but it requests {sorted(used)}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _default_logging() -> Iterator[None]:
+    """Commands run in-process bind structlog to the stderr pytest captured for
+    their test, closed afterwards: every test starts from structlog's defaults."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

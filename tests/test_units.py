@@ -1,4 +1,4 @@
-"""Pure building blocks: flush policy, batch transforms, sequence gaps, backoff."""
+"""Pure building blocks: flush policy, batch transforms, sequence gaps, backoff, bulk observe."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.metrics_core import Metric
 
 from bridge.batch import history_columns, split_by_stream
 from bridge.batcher import FlushPolicy
+from bridge.metrics import LAG_BUCKETS, observe_all
 from bridge.parse import METER, VEHICLE, Reading
 from bridge.partitions import days_to_premake, drop_cutoff, partition_name
 from bridge.retry import backoff_delay
@@ -90,3 +95,20 @@ def test_partition_dates() -> None:
     assert partition_name("meter_telemetry_history", today) == "meter_telemetry_history_p20261127"
     assert days_to_premake(today, 2) == [today, today + timedelta(days=1), today + timedelta(days=2)]
     assert drop_cutoff(today, 400) == today - timedelta(days=401)
+
+
+@given(st.lists(st.one_of(st.sampled_from(LAG_BUCKETS), st.floats(-10, 20_000)), max_size=200))
+def test_observe_all_equals_observe_one_by_one(values: list[float]) -> None:
+    """Bucket counts (bounds inclusive, as prometheus_client has them), count and sum match."""
+    one, bulk = (Histogram("h", "h", buckets=LAG_BUCKETS, registry=CollectorRegistry()) for _ in range(2))
+    for value in values:
+        one.observe(value)
+    observe_all(bulk, values)
+    (expected,), (got,) = one.collect(), bulk.collect()
+
+    def counts(family: Metric) -> list[tuple[str, dict[str, str], float]]:
+        return [(s.name, s.labels, s.value) for s in family.samples if s.name.endswith(("_bucket", "_count"))]
+
+    assert counts(got) == counts(expected)
+    sums = [s.value for family in (expected, got) for s in family.samples if s.name.endswith("_sum")]
+    assert sums[0] == pytest.approx(sums[1])
