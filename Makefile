@@ -27,7 +27,7 @@ test-unit: setup  ## pure logic only, no services
 bench: setup  ## ingest drain vs ceilings and the seed's design, steady state (quick mode, ~5 min)
 	$(BIN)/python -m bench.ingest --quick
 
-bench-full: setup  ## the same with a 500,000-reading drain and 5 minutes of steady state
+bench-full: setup  ## the same with a 1,000,000-reading drain and 5 minutes of steady state
 	$(BIN)/python -m bench.ingest --full
 
 demo:  ## the whole pipeline: services, bridge, a simulated fleet of 10,000, the report vs the truth

@@ -3,7 +3,7 @@ the seed's one-transaction-per-reading design, all measured in the same run, plu
 steady state at the fleet's real-time rate.
 
     .venv/bin/python -m bench.ingest --quick      # ~4 minutes
-    .venv/bin/python -m bench.ingest --full       # 500,000-reading drain, 5 min steady state
+    .venv/bin/python -m bench.ingest --full       # 1,000,000-reading drain, 5 min steady state
 
 Needs PostgreSQL (FLEET_BRIDGE_DB_DSN, default the local `test` database) and the
 mosquitto binary (a private broker with deploy/mosquitto/mosquitto.conf is started).
@@ -343,12 +343,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="100k drain, 1 min steady state (default)")
-    mode.add_argument("--full", action="store_true", help="500k drain, 5 min steady state")
+    mode.add_argument("--full", action="store_true", help="1M drain, 5 min steady state")
     parts = parser.add_mutually_exclusive_group()
     parts.add_argument("--skip-steady", action="store_true", help="only the drain measurements")
     parts.add_argument("--only-steady", action="store_true", help="only the steady-state measurement")
     args = parser.parse_args()
-    drain_n, seed_n, steady_min = (500_000, 30_000, 5.0) if args.full else (100_000, 10_000, 1.0)
+    drain_n, seed_n, steady_min = (1_000_000, 30_000, 5.0) if args.full else (100_000, 10_000, 1.0)
 
     broker = MosquittoProcess("/usr/sbin/mosquitto")
     broker.start()
