@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import socket
 import ssl
 import struct
 from collections.abc import Callable, Sequence
@@ -105,7 +104,7 @@ class BrokerConnection:
         self._fileno = -1
         self._keepalive_s = settings.mqtt.keepalive_s
         self._keepalive_timer: asyncio.TimerHandle | None = None
-        self._inbox = b""  # read from the socket, not yet split into packets
+        self._inbox = bytearray()  # read from the socket, not yet split into packets
         self._received: collections.deque[Publish] = collections.deque()
         self._arrival: asyncio.Future[None] | None = None  # set when _received gains messages
         self.client = aiomqtt.Client(
@@ -129,7 +128,9 @@ class BrokerConnection:
 
     @property
     def connected(self) -> bool:
-        return self._paho.is_connected()
+        # paho still says connected for a moment after some losses (a protocol
+        # error, the broker's DISCONNECT); its socket is gone by then.
+        return self._paho.is_connected() and self._paho.socket() is not None
 
     @property
     def queued(self) -> int:
@@ -194,7 +195,7 @@ class BrokerConnection:
 
     def resume_if_drained(self) -> None:
         """Called after acknowledgements: read the socket again once below the cap."""
-        if self._paused and self._room() > self._max_held // 2 and self.connected:
+        if self._paused and self._room() > self._max_held // 2 and self.connected:  # a live socket
             self._paused = False
             if self._keepalive_timer is not None:
                 self._keepalive_timer.cancel()
@@ -219,14 +220,7 @@ class BrokerConnection:
         if self._paused or self._paho.socket() is None:
             return
         try:
-            if self._paho._in_packet["command"]:  # noqa: SLF001
-                # paho was part-way through a packet when we took the socket over.
-                self._paho.loop_read()
-                return
-            self._dispatch()  # what a pause left unsplit
-            if self._room() > 0:
-                self._receive()
-                self._dispatch()
+            self._read()
         except Exception as exc:  # noqa: BLE001 - a read error of any kind means the link is gone
             # Close the socket ourselves, or the loop would keep calling us.
             asyncio.get_running_loop().remove_reader(self._fileno)
@@ -246,12 +240,21 @@ class BrokerConnection:
         elif isinstance(sock, ssl.SSLSocket) and sock.pending():
             loop.call_soon(self._on_readable)  # decrypted bytes raise no readiness event
 
+    def _read(self) -> None:
+        if self._paho._in_packet["command"]:  # noqa: SLF001
+            # paho was part-way through a packet when we took the socket over.
+            self._paho.loop_read()
+            return
+        self._dispatch()  # what a pause left unsplit
+        if self._room() > 0 and self._paho.socket() is not None:
+            self._receive()
+            self._dispatch()
+
     def _receive(self) -> None:
-        sock = self._paho.socket()
-        assert isinstance(sock, socket.socket)  # plain or TLS: no websockets here
         try:
-            data = sock.recv(READ_CHUNK)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            # paho's recv: TLS want-read/want-write become BlockingIOError, as it handles them.
+            data = self._paho._sock_recv(READ_CHUNK)  # noqa: SLF001
+        except BlockingIOError:
             return
         except OSError as exc:
             log.warning("mqtt_read_failed", error=str(exc))
@@ -260,7 +263,7 @@ class BrokerConnection:
             self._lose(paho.MQTT_ERR_CONN_LOST)
             return
         self._paho._last_bytes_received = paho.time_func()  # noqa: SLF001 - keepalive bookkeeping
-        self._inbox = self._inbox + data if self._inbox else data
+        self._inbox += data
 
     def _dispatch(self) -> None:
         """Queue the complete PUBLISH packets (up to the cap), hand the rest to paho."""
@@ -272,7 +275,7 @@ class BrokerConnection:
             log.warning("mqtt_protocol_error", error=str(exc))
             self._lose(paho.MQTT_ERR_PROTOCOL)
             return
-        self._inbox = self._inbox[frames.consumed :]
+        del self._inbox[: frames.consumed]
         if frames.publishes:
             self._received.extend(frames.publishes)
             self._wake()
@@ -295,7 +298,7 @@ class BrokerConnection:
 
     def _lose(self, rc: MQTTErrorCode) -> None:
         """Close the link as paho's own reader would on ``rc``; aiomqtt hears of it."""
-        self._inbox = b""
+        self._inbox.clear()
         self._paho._loop_rc_handle(rc)  # noqa: SLF001
 
     def _hold_keepalive(self) -> None:

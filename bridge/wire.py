@@ -41,7 +41,7 @@ class Frames:
     consumed: int  # bytes used; the rest starts an incomplete packet (or was not wanted yet)
 
 
-def split_packets(data: bytes, max_publishes: int, *, v5: bool = True) -> Frames:
+def split_packets(data: bytes | bytearray, max_publishes: int, *, v5: bool = True) -> Frames:
     """Split ``data`` into packets, stopping before the PUBLISH that would exceed
     ``max_publishes`` or at the first incomplete packet. Raises ``Malformed``."""
     frames = Frames([], [], 0)
@@ -61,13 +61,13 @@ def split_packets(data: bytes, max_publishes: int, *, v5: bool = True) -> Frames
                 break
             frames.publishes.append(_publish(data, header, start, end, v5))
         else:
-            frames.others.append((header, data[start:end]))
+            frames.others.append((header, bytes(data[start:end])))
         pos = end
     frames.consumed = pos
     return frames
 
 
-def _varint(data: bytes, at: int, limit: int) -> tuple[int, int] | None:
+def _varint(data: bytes | bytearray, at: int, limit: int) -> tuple[int, int] | None:
     """MQTT's variable byte integer at ``at``: (value, offset after it), or None
     when ``limit`` cuts it short."""
     value = 0
@@ -82,7 +82,7 @@ def _varint(data: bytes, at: int, limit: int) -> tuple[int, int] | None:
     raise Malformed("variable byte integer longer than 4 bytes")
 
 
-def _publish(data: bytes, header: int, start: int, end: int, v5: bool) -> Publish:
+def _publish(data: bytes | bytearray, header: int, start: int, end: int, v5: bool) -> Publish:
     qos = (header >> 1) & 0x03
     if qos > 1:
         # We subscribe at QoS 1, so a broker may not send more (MQTT 5, 3.8.4).
@@ -110,4 +110,4 @@ def _publish(data: bytes, header: int, start: int, end: int, v5: bool) -> Publis
         at = properties[1] + properties[0]
         if at > end:
             raise Malformed("PUBLISH properties longer than the packet")
-    return Publish(topic, data[at:end], mid, qos)
+    return Publish(topic, bytes(data[at:end]), mid, qos)

@@ -66,14 +66,15 @@ def feed(stream: bytes, cuts: list[int], max_publishes: int = 10**6) -> tuple[li
     """Split ``stream`` as the connection does: reads end at ``cuts``, the unsplit rest waits."""
     got: list[Publish] = []
     others: list[tuple[int, bytes]] = []
-    inbox = b""
+    inbox = bytearray()
     for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         inbox += stream[start:end]
         frames = split_packets(inbox, max_publishes)
         got += frames.publishes
         others += frames.others
-        inbox = inbox[frames.consumed :]
+        del inbox[: frames.consumed]
     assert inbox == b"", "a complete stream leaves nothing unsplit"
+    assert all(type(p.payload) is bytes for p in got), "payloads are bytes, whatever the buffer"
     return got, others
 
 
