@@ -2,7 +2,7 @@
 the seed's one-transaction-per-reading design, all measured in the same run, plus
 steady state at the fleet's real-time rate.
 
-    .venv/bin/python -m bench.ingest --quick      # ~4 minutes
+    .venv/bin/python -m bench.ingest --quick      # ~2 minutes
     .venv/bin/python -m bench.ingest --full       # 1,000,000-reading drain, 5 min steady state
 
 Needs PostgreSQL (FLEET_BRIDGE_DB_DSN, default the local `test` database) and the
