@@ -101,6 +101,25 @@ def burst(topic: str, first: int) -> list[tuple[str, bytes]]:
     return [(topic, str(n).encode()) for n in range(first, first + BURST)]
 
 
+async def first_burst_split(
+    broker: tuple[str, int], prefix: str, uid: str, members: list[Member]
+) -> tuple[str, str, Member, Member]:
+    """A fresh group of two members, the first never acknowledging, and a first
+    burst split between them: half acknowledged by the other, a receive window in
+    flight at the first. Returns (topic, group filter, first, other)."""
+    topic = f"{prefix}probe"
+    group_filter = f"$share/g{uid}/{topic}"
+    first = Member(broker, f"a-{uid}", group_filter, ack=False, expiry_s=300)
+    other = Member(broker, f"b-{uid}", group_filter, ack=True, expiry_s=300)
+    members += [first, other]
+    await publish_async(*broker, burst(topic, 0))
+    await wait_for(
+        lambda: _true(len(other.received) == BURST // 2 and len(first.received) == IN_FLIGHT),
+        timeout=30, what="the first burst split between the members",
+    )  # fmt: skip
+    return topic, group_filter, first, other
+
+
 async def test_dead_members_messages_wait_in_its_session_and_come_back_with_it(
     broker: tuple[str, int], prefix: str, uid: str, members: list[Member]
 ) -> None:
@@ -112,17 +131,7 @@ async def test_dead_members_messages_wait_in_its_session_and_come_back_with_it(
     reconnects with the same client id it gets its in-flight messages again (DUP
     flag) and its queue. Every message reaches exactly one member, once, except the
     dead member's own redeliveries."""
-    topic = f"{prefix}probe"
-    group_filter = f"$share/g{uid}/{topic}"
-    dying = Member(broker, f"a-{uid}", group_filter, ack=False, expiry_s=300)
-    other = Member(broker, f"b-{uid}", group_filter, ack=True, expiry_s=300)
-    members += [dying, other]
-
-    await publish_async(*broker, burst(topic, 0))
-    await wait_for(
-        lambda: _true(len(other.received) == BURST // 2 and len(dying.received) == IN_FLIGHT),
-        timeout=30, what="the first burst split between the members",
-    )  # fmt: skip
+    topic, group_filter, dying, other = await first_burst_split(broker, prefix, uid, members)
     in_flight = set(dying.received)
     dying.die()
 
@@ -187,16 +196,7 @@ async def test_a_member_that_unsubscribes_gets_no_new_share_but_keeps_its_queue(
     the others), yet the messages already queued in its session are still
     delivered to it. So leave = unsubscribe, take in and acknowledge everything,
     then end the session."""
-    topic = f"{prefix}probe"
-    group_filter = f"$share/g{uid}/{topic}"
-    leaving = Member(broker, f"a-{uid}", group_filter, ack=False, expiry_s=300)
-    other = Member(broker, f"b-{uid}", group_filter, ack=True, expiry_s=300)
-    members += [leaving, other]
-    await publish_async(*broker, burst(topic, 0))
-    await wait_for(
-        lambda: _true(len(other.received) == BURST // 2 and len(leaving.received) == IN_FLIGHT),
-        timeout=30, what="the first burst split between the members",
-    )  # fmt: skip
+    topic, _, leaving, other = await first_burst_split(broker, prefix, uid, members)
     leaving.unsubscribe()
 
     await publish_async(*broker, burst(topic, BURST))
