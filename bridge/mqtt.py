@@ -132,11 +132,6 @@ class BrokerConnection:
         # error, the broker's DISCONNECT); its socket is gone by then.
         return self._paho.is_connected() and self._paho.socket() is not None
 
-    @property
-    def queued(self) -> int:
-        """Messages received but not yet taken."""
-        return len(self._received)
-
     async def __aenter__(self) -> Self:
         await self.client.__aenter__()
         try:

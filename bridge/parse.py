@@ -45,11 +45,11 @@ class StreamSpec:
     id_field: str
     energy_field: str
     optional_fields: tuple[str, ...]
-    # The numeric columns in table order (energy first, then the optional ones).
-    value_fields: tuple[str, ...] = dataclasses.field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "value_fields", (self.energy_field, *self.optional_fields))
+    @property
+    def value_fields(self) -> tuple[str, ...]:
+        """The numeric columns in table order (energy first, then the optional ones)."""
+        return (self.energy_field, *self.optional_fields)
 
 
 METER: Final = StreamSpec("meter", "meter_id", "kwh_consumed_ac", ("power_kw", "voltage_v", "current_a"))

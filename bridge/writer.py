@@ -65,11 +65,12 @@ def stream_sql(schema: str, spec: StreamSpec) -> str:
     on ``position`` makes the current state keep the same one. Returns the number
     of history rows inserted.
     """
-    names = ", ".join(_columns(spec))
+    columns = _columns(spec)
+    names = ", ".join(columns)
     device = spec.id_field
     history = qualified(schema, spec.name + "_telemetry_history")
     current = qualified(schema, spec.name + "_current_state")
-    updates = ", ".join(f"{c} = excluded.{c}" for c in _columns(spec)[1:])
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
     return (
         f"WITH batch AS (SELECT * FROM unnest({_unnest(spec)}) WITH ORDINALITY AS b({names}, position)), "
         f"inserted AS (INSERT INTO {history} ({names}) SELECT {names} FROM batch ORDER BY position "
