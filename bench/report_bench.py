@@ -31,9 +31,9 @@ from typing import Any
 
 import asyncpg
 
-from bridge.migrate import apply_migrations
-from bridge.partitions import HISTORY_TABLES, ensure_partitions, partition_name
-from bridge.report import EfficiencyRow, fleet_report, vehicle_report
+from bridge.analytics.report import EfficiencyRow, fleet_report, vehicle_report
+from bridge.schema.migrate import apply_migrations
+from bridge.schema.partitions import HISTORY_TABLES, ensure_partitions, partition_name
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 JITTER_STEPS = 97  # distinct jitter values, cycled over devices and minutes

@@ -48,10 +48,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.migrate import apply_migrations
-from bridge.partitions import run_maintenance
-from tests.helpers import publish
-from tests.services import MosquittoProcess, free_port
+from bridge.schema.migrate import apply_migrations
+from bridge.schema.partitions import run_maintenance
+from tests.support.helpers import publish
+from tests.support.services import MosquittoProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DSN = os.environ.get("FLEET_BRIDGE_DB_DSN", "postgresql://postgres@127.0.0.1:5432/test")

@@ -1,4 +1,4 @@
-"""Fixtures: PostgreSQL and Mosquitto for every test (see tests/services.py for the
+"""Fixtures: PostgreSQL and Mosquitto for every test (see tests/support/services.py for the
 order they are looked for in), a fresh schema and topic prefix per test, and the
 real daemon as a subprocess. A guard keeps the markers honest: every test is
 either ``unit`` or ``integration``, and a ``unit`` test uses no service."""
@@ -15,10 +15,10 @@ import pytest
 import structlog
 
 from bridge.config import Settings, load_settings
-from bridge.migrate import apply_migrations
-from bridge.partitions import run_maintenance
-from tests.helpers import BridgeProcess
-from tests.services import (
+from bridge.schema.migrate import apply_migrations
+from bridge.schema.partitions import run_maintenance
+from tests.support.helpers import BridgeProcess
+from tests.support.services import (
     Choice,
     MosquittoProcess,
     choose_mosquitto,

@@ -17,7 +17,7 @@ import atheris
 from atheris.import_hook import instrument_imports
 
 with instrument_imports():
-    from bridge.parse import DEVICE_ID, KWH_LIMIT, ParseRules, Reading, Reject, parse_message
+    from bridge.ingest.parse import DEVICE_ID, KWH_LIMIT, ParseRules, Reading, Reject, parse_message
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 RULES = ParseRules(topic_prefix="site/")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.services import ROOT, free_port
+from tests.support.services import ROOT, free_port
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.cli import build_parser
+from bridge.commands.cli import build_parser
 
 pytestmark = pytest.mark.unit
 

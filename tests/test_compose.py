@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from loadgen.cli import write_mapping
-from tests.services import ROOT
+from tests.support.services import ROOT
 
 pytestmark = pytest.mark.unit
 

@@ -14,11 +14,11 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from bridge.batch import Batch
+from bridge.ingest.batch import Batch
+from bridge.ingest.parse import METER, VEHICLE, Reading, StreamSpec
+from bridge.ingest.writer import Writer
 from bridge.metrics import Health, Metrics
-from bridge.parse import METER, VEHICLE, Reading, StreamSpec
-from bridge.partitions import HISTORY_TABLES, ensure_partitions, partition_name, run_maintenance
-from bridge.writer import Writer
+from bridge.schema.partitions import HISTORY_TABLES, ensure_partitions, partition_name, run_maintenance
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import main
+from bridge.commands.cli import main
 from bridge.config import Settings, load_settings, redact_dsn
 from bridge.errors import ConfigError
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 
-from tests.fleet_data import fleet_messages, publish_paced, wait_stored_exactly
-from tests.helpers import BridgeProcess, wait_for
+from tests.support.fleet_data import fleet_messages, publish_paced, wait_stored_exactly
+from tests.support.helpers import BridgeProcess, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import asyncpg
 import psutil
 import pytest
 
-from tests.fleet_data import (
+from tests.support.fleet_data import (
     assert_stored_exactly,
     count,
     fleet_messages,
@@ -19,8 +19,8 @@ from tests.fleet_data import (
     publish_paced,
     wait_stored_exactly,
 )
-from tests.helpers import BridgeProcess, publish_async, wait_for
-from tests.tcp_proxy import TcpProxy, through_proxy
+from tests.support.helpers import BridgeProcess, publish_async, wait_for
+from tests.support.tcp_proxy import TcpProxy, through_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 

@@ -19,9 +19,9 @@ import pytest
 
 from bridge.config import load_settings
 from bridge.db import connect
-from tests.security_helpers import run_cli
-from tests.services import PostgresCluster, find_postgres_bindir
-from tests.tls_certs import CertificateAuthority, openssl_available
+from tests.support.security_helpers import run_cli
+from tests.support.services import PostgresCluster, find_postgres_bindir
+from tests.support.tls_certs import CertificateAuthority, openssl_available
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.config import SECTIONS, MetricsSettings, env_name
-from tests import systemd_unit
-from tests.services import ROOT, MosquittoProcess
+from tests.support import systemd_unit
+from tests.support.services import ROOT, MosquittoProcess
 
 DOCKERFILE = ROOT / "Dockerfile"
 K8S = ROOT / "deploy" / "k8s"

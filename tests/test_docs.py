@@ -9,7 +9,7 @@ import re
 import pytest
 
 from bridge.config import SECTIONS, Settings, env_name, load_settings
-from tests.services import ROOT
+from tests.support.services import ROOT
 
 pytestmark = pytest.mark.unit
 

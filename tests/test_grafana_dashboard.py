@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 
 from bridge.metrics import Metrics
-from tests.promql import exported_series, metric_names
-from tests.services import ROOT
+from tests.support.promql import exported_series, metric_names
+from tests.support.services import ROOT
 
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "fleet-bridge.json"

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from bridge.config import load_settings
 from bridge.errors import ConfigError
-from bridge.parse import DEVICE_ID, KWH_LIMIT, ParseRules, Reading, Reject, parse_message
-from tests.services import ROOT
+from bridge.ingest.parse import DEVICE_ID, KWH_LIMIT, ParseRules, Reading, Reject, parse_message
+from tests.support.services import ROOT
 
 pytestmark = pytest.mark.unit
 

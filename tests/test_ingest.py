@@ -12,8 +12,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.fleet_data import assert_stored_exactly, count, fleet_messages, history_total, with_faults
-from tests.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
+from tests.support.fleet_data import assert_stored_exactly, count, fleet_messages, history_total, with_faults
+from tests.support.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.helpers import BridgeProcess, wait_for
-from tests.services import ROOT
+from tests.support.helpers import BridgeProcess, wait_for
+from tests.support.services import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

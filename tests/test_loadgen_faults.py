@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bridge.parse import ParseRules, Reading, Reject, parse_message
+from bridge.ingest.parse import ParseRules, Reading, Reject, parse_message
 from loadgen.faults import MALFORMED_REASONS, FaultInjector, FaultRates, Outgoing, malformed_message
 from loadgen.plan import RunSpec, plan
 from loadgen.simulation import PairSim, SimReading

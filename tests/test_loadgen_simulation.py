@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from bridge.parse import ParseRules, Reading, parse_message
+from bridge.ingest.parse import ParseRules, Reading, parse_message
 from loadgen.faults import FaultRates
 from loadgen.plan import RunSpec, plan, slice_pairs
 from loadgen.simulation import JITTER_MS, PairSim, SimReading, meter_id, reading_payload, rfc3339_ms, vehicle_id

@@ -8,8 +8,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bridge.cli import main
-from bridge.mapping import MappingFileError, parse_mapping
+from bridge.commands.cli import main
+from bridge.commands.mapping import MappingFileError, parse_mapping
 
 
 @pytest.mark.unit

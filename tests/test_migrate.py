@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from bridge.cli import main
-from bridge.partitions import partition_name
+from bridge.commands.cli import main
+from bridge.schema.partitions import partition_name
 
 pytestmark = pytest.mark.integration
 

@@ -25,10 +25,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.config import load_settings
 from bridge.errors import ConfigError
-from tests.helpers import BridgeProcess, meter_payload, wait_for
-from tests.security_helpers import device_publish, mosquitto_password_entry, run_cli
-from tests.services import ROOT, Choice, MosquittoProcess
-from tests.tls_certs import CertificateAuthority, openssl_available
+from tests.support.helpers import BridgeProcess, meter_payload, wait_for
+from tests.support.security_helpers import device_publish, mosquitto_password_entry, run_cli
+from tests.support.services import ROOT, Choice, MosquittoProcess
+from tests.support.tls_certs import CertificateAuthority, openssl_available
 
 MOSQUITTO_DIR = ROOT / "deploy" / "mosquitto"
 PASSWORDS = {user: secrets.token_urlsafe(16) for user in ("fleet-bridge", "MTR-1", "MTR-2", "fleet-loadgen")}

@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
-from tests.tcp_proxy import TcpProxy, through_proxy
+from tests.support.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
+from tests.support.tcp_proxy import TcpProxy, through_proxy
 
 pytestmark = pytest.mark.integration
 

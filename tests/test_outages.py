@@ -13,9 +13,9 @@ import asyncpg
 import psutil
 import pytest
 
-from tests.fleet_data import count, fleet_messages, history_total, wait_stored_exactly
-from tests.helpers import BridgeProcess, meter_payload, publish, publish_async, wait_for
-from tests.services import MosquittoProcess
+from tests.support.fleet_data import count, fleet_messages, history_total, wait_stored_exactly
+from tests.support.helpers import BridgeProcess, meter_payload, publish, publish_async, wait_for
+from tests.support.services import MosquittoProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

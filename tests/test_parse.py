@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.parse import METER, VEHICLE, ParseRules, Reading, Reject, parse_message
+from bridge.ingest.parse import METER, VEHICLE, ParseRules, Reading, Reject, parse_message
 
 pytestmark = pytest.mark.unit
 

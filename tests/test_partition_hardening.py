@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 
-from bridge.partitions import HISTORY_TABLES, ensure_partitions, partition_name, run_maintenance
+from bridge.schema.partitions import HISTORY_TABLES, ensure_partitions, partition_name, run_maintenance
 
 pytestmark = pytest.mark.integration
 

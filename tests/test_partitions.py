@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from bridge.cli import main
-from bridge.partitions import HISTORY_TABLES, drop_cutoff, ensure_partitions, partition_name, run_maintenance
+from bridge.commands.cli import main
+from bridge.schema.partitions import HISTORY_TABLES, drop_cutoff, ensure_partitions, partition_name, run_maintenance
 
 pytestmark = pytest.mark.integration
 

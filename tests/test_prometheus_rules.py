@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from tests.promql import PROMETHEUS_SERIES, exported_series, metric_names
-from tests.services import ROOT
+from tests.support.promql import PROMETHEUS_SERIES, exported_series, metric_names
+from tests.support.services import ROOT
 
 pytestmark = pytest.mark.unit
 

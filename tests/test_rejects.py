@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
+from tests.support.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
 
 pytestmark = pytest.mark.integration
 

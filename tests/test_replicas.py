@@ -13,13 +13,13 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 
-from tests.fleet_data import (
+from tests.support.fleet_data import (
     fleet_messages,
     publish_paced,
     wait_stored_exactly,
     with_faults,
 )
-from tests.helpers import BridgeProcess, publish_async, wait_for
+from tests.support.helpers import BridgeProcess, publish_async, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The efficiency report's query (bridge/report.py) against PostgreSQL: hand-built
+"""The efficiency report's query (bridge/analytics/report.py) against PostgreSQL: hand-built
 readings with known answers, and the plan it gets (pruning, key indexes)."""
 
 from __future__ import annotations
@@ -11,8 +11,15 @@ import asyncpg
 import orjson
 import pytest
 
-from bridge.partitions import ensure_partitions
-from bridge.report import EfficiencyRow, UnmappedVehicleError, fleet_report, report_args, report_sql, vehicle_report
+from bridge.analytics.report import (
+    EfficiencyRow,
+    UnmappedVehicleError,
+    fleet_report,
+    report_args,
+    report_sql,
+    vehicle_report,
+)
+from bridge.schema.partitions import ensure_partitions
 
 pytestmark = pytest.mark.integration
 

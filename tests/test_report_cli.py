@@ -16,10 +16,18 @@ import asyncpg
 import orjson
 import pytest
 
-from bridge.cli import main
-from bridge.partitions import ensure_partitions
-from bridge.report import EfficiencyRow
-from bridge.report_cli import COLUMNS, format_csv, format_json, format_table, hourly_totals, parse_time, plot_report
+from bridge.analytics.report import EfficiencyRow
+from bridge.commands.cli import main
+from bridge.commands.report import (
+    COLUMNS,
+    format_csv,
+    format_json,
+    format_table,
+    hourly_totals,
+    parse_time,
+    plot_report,
+)
+from bridge.schema.partitions import ensure_partitions
 
 RunCli = Callable[..., Awaitable[tuple[int, str, str]]]
 H13 = datetime(2026, 11, 27, 13, tzinfo=UTC)

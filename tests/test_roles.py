@@ -21,8 +21,8 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
-from tests.services import ROOT
+from tests.support.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
+from tests.support.services import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ from bridge.config import Dsn, load_settings, redact_dsn
 from bridge.errors import ConfigError
 from bridge.logs import configure_logging
 from bridge.redact import MASK, redact, redacting_processor, secret_values
-from tests.helpers import BridgeProcess, meter_payload, publish, utcnow, wait_for
-from tests.security_helpers import run_cli
-from tests.services import free_port
+from tests.support.helpers import BridgeProcess, meter_payload, publish, utcnow, wait_for
+from tests.support.security_helpers import run_cli
+from tests.support.services import free_port
 
 # Characters a password may hold but a URL must percent-encode: written raw they
 # made asyncpg quote a piece of the DSN in its error message.

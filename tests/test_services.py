@@ -1,4 +1,4 @@
-"""The chain that provides PostgreSQL and Mosquitto to the tests (tests/services.py):
+"""The chain that provides PostgreSQL and Mosquitto to the tests (tests/support/services.py):
 each branch is taken exactly when its condition holds, decided from fakes, so no
 service and no Docker engine is needed. The last test starts a real private cluster."""
 
@@ -16,9 +16,9 @@ from typing import NoReturn, TypeVar
 import asyncpg
 import pytest
 
-from bridge.migrate import apply_migrations
-from tests import services
-from tests.services import (
+from bridge.schema.migrate import apply_migrations
+from tests.support import services
+from tests.support.services import (
     DEFAULT_PG_DSN,
     MOSQUITTO_CONF,
     MOSQUITTO_IMAGE,

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.helpers import publish_async, wait_for
+from tests.support.helpers import publish_async, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

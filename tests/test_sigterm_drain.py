@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from tests.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
-from tests.systemd_unit import timeout_stop_s
+from tests.support.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
+from tests.support.systemd_unit import timeout_stop_s
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 

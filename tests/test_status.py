@@ -12,8 +12,8 @@ import asyncpg
 import orjson
 import pytest
 
-from bridge.status import FleetStatus, StreamStatus, render_json, render_table
-from tests.services import ROOT
+from bridge.commands.status import FleetStatus, StreamStatus, render_json, render_table
+from tests.support.services import ROOT
 
 AS_OF = datetime(2026, 11, 27, 12, 0, 5, 250000, tzinfo=UTC)
 MIDNIGHT = datetime(2026, 11, 27, tzinfo=UTC)

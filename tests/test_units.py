@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.metrics_core import Metric
 
-from bridge.batch import history_columns, split_by_stream
-from bridge.batcher import FlushPolicy
+from bridge.ingest.batch import history_columns, split_by_stream
+from bridge.ingest.batcher import FlushPolicy
+from bridge.ingest.parse import METER, VEHICLE, Reading
+from bridge.ingest.sequence import SequenceTracker
 from bridge.metrics import LAG_BUCKETS, observe_all
-from bridge.parse import METER, VEHICLE, Reading
-from bridge.partitions import days_to_premake, drop_cutoff, partition_name
 from bridge.retry import backoff_delay
-from bridge.sequence import SequenceTracker
+from bridge.schema.partitions import days_to_premake, drop_cutoff, partition_name
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ from importlib import metadata
 import pytest
 
 import bridge
-from tests.services import ROOT
+from tests.support.services import ROOT
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.wire import Malformed, Publish, split_packets
+from bridge.ingest.wire import Malformed, Publish, split_packets
 
 pytestmark = pytest.mark.unit
 

@@ -18,7 +18,7 @@ from typing import Final
 from bridge.config import Settings
 from bridge.db import Conn, connect, qualified
 from bridge.errors import BridgeError
-from bridge.parse import DEVICE_ID
+from bridge.ingest.parse import DEVICE_ID
 
 __all__ = [
     "HEADER",

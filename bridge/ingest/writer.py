@@ -14,16 +14,16 @@ from datetime import UTC, date, datetime
 import asyncpg
 import structlog
 
-from bridge.batch import Batch, history_columns, split_by_stream
 from bridge.db import NO_PARTITION_MESSAGE, Conn, ErrorKind, classify, qualified, sqlstate
+from bridge.ingest.batch import Batch, history_columns, split_by_stream
+from bridge.ingest.parse import METER, STREAMS, VEHICLE, Reading, Reject, StreamSpec
 from bridge.metrics import Health, Metrics
-from bridge.parse import METER, STREAMS, VEHICLE, Reading, Reject, StreamSpec
-from bridge.partitions import ensure_partitions
 from bridge.retry import backoff_delay
+from bridge.schema.partitions import ensure_partitions
 
 __all__ = ["WriteOutcome", "Writer"]
 
-log = structlog.get_logger("bridge.writer")
+log = structlog.get_logger("bridge.ingest.writer")
 
 # SQL types of the unnest() arrays, in history_columns() order.
 _ID_TIME_TYPES = ("text[]", "timestamptz[]", "timestamptz[]")

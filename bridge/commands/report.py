@@ -1,7 +1,7 @@
 """``fleet-bridge report``: arguments, output formats and the optional plot.
 
 The formatters are pure functions of the rows (so they are tested without a
-database); the query itself lives in :mod:`bridge.report`.
+database); the query itself lives in :mod:`bridge.analytics.report`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, Final
 
 import orjson
 
+from bridge.analytics.report import EfficiencyRow, UnmappedVehicleError, fleet_report, vehicle_report
 from bridge.config import Settings
 from bridge.db import connect
-from bridge.parse import DEVICE_ID
-from bridge.report import EfficiencyRow, UnmappedVehicleError, fleet_report, vehicle_report
+from bridge.ingest.parse import DEVICE_ID
 
 __all__ = [
     "COLUMNS",

@@ -19,22 +19,22 @@ import aiomqtt
 import asyncpg
 import structlog
 
-from bridge.batch import Batch
-from bridge.batcher import FlushPolicy
 from bridge.config import Settings
 from bridge.db import create_pool, qualified
 from bridge.http import start_http_server
+from bridge.ingest.batch import Batch
+from bridge.ingest.batcher import FlushPolicy
+from bridge.ingest.mqtt import BrokerConnection, Publish
+from bridge.ingest.parse import ParseRules, Reading, parse_message
+from bridge.ingest.sequence import SequenceTracker
+from bridge.ingest.writer import WriteOutcome, Writer
 from bridge.metrics import Health, Metrics, observe_all
-from bridge.mqtt import BrokerConnection, Publish
-from bridge.parse import ParseRules, Reading, parse_message
-from bridge.partitions import run_maintenance
 from bridge.retry import backoff_delay
-from bridge.sequence import SequenceTracker
-from bridge.writer import WriteOutcome, Writer
+from bridge.schema.partitions import run_maintenance
 
 __all__ = ["Bridge"]
 
-log = structlog.get_logger("bridge.service")
+log = structlog.get_logger("bridge.ingest.service")
 
 MQTT_RECEIVE_MAXIMUM_LIMIT = 65535
 

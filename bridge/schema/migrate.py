@@ -24,9 +24,9 @@ class Migration:
 
 
 def available_migrations() -> list[Migration]:
-    """The migrations shipped in ``bridge/migrations``, by version."""
+    """The migrations shipped in ``bridge/schema/migrations``, by version."""
     found = []
-    for entry in resources.files("bridge.migrations").iterdir():
+    for entry in resources.files("bridge.schema.migrations").iterdir():
         match = MIGRATION_FILE.match(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))

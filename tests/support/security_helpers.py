@@ -17,7 +17,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests.services import ROOT
+from tests.support.services import ROOT
 
 # mosquitto_passwd's default (-H sha512-pbkdf2): "$7$<iterations>$<salt>$<hash>", base64.
 MOSQUITTO_PBKDF2_ITERATIONS = 101

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from tests.helpers import meter_payload, publish, vehicle_payload, wait_for
+from tests.support.helpers import meter_payload, publish, vehicle_payload, wait_for
 
 Truth = dict[tuple[str, str], set[datetime]]
 

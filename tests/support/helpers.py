@@ -18,7 +18,7 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.services import ROOT, free_port
+from tests.support.services import ROOT, free_port
 
 
 def meter_payload(ts: datetime | str | int, kwh: float = 0.5, **extra: object) -> bytes:

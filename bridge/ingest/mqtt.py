@@ -14,7 +14,7 @@ into it):
   the socket while too many messages wait in it (TCP back-pressure then keeps
   the backlog in the broker);
 * the per-message cost when draining a backlog: 64 KiB reads split into packets
-  by bridge/wire.py, PUBLISH packets queued here as ``Publish`` tuples, every
+  by bridge/ingest/wire.py, PUBLISH packets queued here as ``Publish`` tuples, every
   other packet handed to paho as if it had read it itself.
 """
 
@@ -37,13 +37,13 @@ from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge import wire
 from bridge.config import Settings
-from bridge.wire import Publish
+from bridge.ingest import wire
+from bridge.ingest.wire import Publish
 
 __all__ = ["BrokerConnection", "Publish", "subscription_filters"]
 
-log = structlog.get_logger("bridge.mqtt")
+log = structlog.get_logger("bridge.ingest.mqtt")
 
 QOS = 1
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, message id

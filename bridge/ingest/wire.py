@@ -4,7 +4,7 @@ Draining a backlog through paho-mqtt costs more per message than everything
 else the bridge does with a reading: three or four ``recv`` calls per packet, a
 ``Properties`` object, an ``MQTTMessage`` with its own ``threading.Condition``,
 a walk of the topic matcher, then aiomqtt's ``Message``. The bridge reads the
-socket itself (bridge/mqtt.py) and splits what it read here: a PUBLISH becomes a
+socket itself (bridge/ingest/mqtt.py) and splits what it read here: a PUBLISH becomes a
 ``Publish`` of four fields; every other packet (SUBACK, PINGRESP, DISCONNECT,
 ...) is handed back to paho, which keeps the protocol state.
 """

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 # Pinned images for the testcontainers branch: the oldest PostgreSQL we support (so

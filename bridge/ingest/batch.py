@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.parse import STREAMS, Reading, Reject, StreamSpec
+from bridge.ingest.parse import STREAMS, Reading, Reject, StreamSpec
 
 __all__ = ["Batch", "history_columns", "split_by_stream"]
 

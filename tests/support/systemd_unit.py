@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.services import ROOT
+from tests.support.services import ROOT
 
 UNIT_FILE = ROOT / "deploy" / "systemd" / "fleet-bridge.service"
 

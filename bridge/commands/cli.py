@@ -19,18 +19,18 @@ import aiomqtt
 import structlog
 
 from bridge import __version__
+from bridge.commands.mapping import add_import_arguments, cmd_mapping_import
+from bridge.commands.report import add_report_arguments, cmd_report
+from bridge.commands.status import fetch_status, render_json, render_table
 from bridge.config import Settings, load_settings
 from bridge.db import connect
 from bridge.errors import BridgeError, ConfigError
+from bridge.ingest.mqtt import tls_parameters
+from bridge.ingest.service import Bridge
 from bridge.logs import configure_logging
-from bridge.mapping import add_import_arguments, cmd_mapping_import
-from bridge.migrate import apply_migrations
-from bridge.mqtt import tls_parameters
-from bridge.partitions import run_maintenance
 from bridge.redact import redact, secret_values
-from bridge.report_cli import add_report_arguments, cmd_report
-from bridge.service import Bridge
-from bridge.status import fetch_status, render_json, render_table
+from bridge.schema.migrate import apply_migrations
+from bridge.schema.partitions import run_maintenance
 
 __all__ = ["main"]
 
@@ -38,7 +38,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 GC_THRESHOLD = 50_000  # allocations between collections of the youngest generation (see below)
 
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
-log = structlog.get_logger("bridge.cli")
+log = structlog.get_logger("bridge.commands.cli")
 
 
 # --- commands ---------------------------------------------------------------------

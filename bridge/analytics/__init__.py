@@ -1,0 +1,1 @@
+"""Read-only analytics over the stored telemetry: the charging-efficiency report."""

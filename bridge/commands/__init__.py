@@ -1,0 +1,1 @@
+"""The ``fleet-bridge`` command line: one module per command family, no ingest logic."""

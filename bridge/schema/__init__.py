@@ -1,0 +1,1 @@
+"""The database schema: versioned migrations and daily partitions."""
