@@ -13,7 +13,6 @@ import re
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from bridge import __version__
+from bridge import __version__, clock
 from bridge.config import Settings, env_name, load_settings
 from bridge.errors import ConfigError
 from loadgen.display import ProgressDisplay, summarize, summary_text
@@ -183,7 +182,7 @@ def write_mapping(path: Path, pairs: int) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = broker_settings(args, dict(os.environ))
-    spec = run_spec(args, int(time.time() * 1000))
+    spec = run_spec(args, int(clock.now().timestamp() * 1000))
     args.out.mkdir(parents=True, exist_ok=True)
     write_mapping(args.out / "mapping.csv", spec.pairs)
 

@@ -267,7 +267,7 @@ def publish_slice(job: Job, counters: Any, barrier: Barrier, stop: Event) -> Wor
             result.faults.update(message.faults)
         client.drain()
         result.published = client.sent
-        result.finished_at = time.time()
+        result.finished_at = time.monotonic()
         counters[2 * job.index] = client.sent
         counters[2 * job.index + 1] = spec.end_ms - spec.start_ms
     finally:
@@ -325,7 +325,7 @@ def run_publishers(
     # A broken barrier means a publisher failed to connect: its error is in the queue.
     with contextlib.suppress(threading.BrokenBarrierError):
         barrier.wait(CONNECT_TIMEOUT_S * 4)
-    started = time.time()
+    started = time.monotonic()
     duration_ms = spec.end_ms - spec.start_ms
     while len(collected) < processes:
         if stop_requested():
@@ -341,7 +341,7 @@ def run_publishers(
             Progress(
                 published=sum(counters[2 * i] for i in range(processes)),
                 simulated_fraction=min(counters[2 * i + 1] for i in range(processes)) / duration_ms,
-                elapsed_s=time.time() - started,
+                elapsed_s=time.monotonic() - started,
             )
         )
         if any(r.error for r in collected.values()):
@@ -349,5 +349,5 @@ def run_publishers(
     for worker in workers:
         worker.join()
     ordered = [collected[i] for i in range(processes)]
-    finished = max((r.finished_at for r in ordered), default=started) or time.time()
+    finished = max((r.finished_at for r in ordered), default=started) or time.monotonic()
     return RunOutcome(ordered, started, finished)

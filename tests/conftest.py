@@ -16,7 +16,6 @@ import structlog
 
 from bridge.config import Settings, load_settings
 from bridge.schema.migrate import apply_migrations
-from bridge.schema.partitions import run_maintenance
 from tests.support.helpers import BridgeProcess
 from tests.support.services import (
     Choice,
@@ -104,10 +103,11 @@ def prefix(uid: str) -> str:
 
 @pytest.fixture
 async def db(pg_dsn: str, schema: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection, with this test's schema migrated; the schema is dropped afterwards."""
+    """A connection, with this test's schema migrated and no partition yet (a test
+    makes the days it uses: fixed ones, or ones relative to bridge.clock); the
+    schema is dropped afterwards."""
     conn = await asyncpg.connect(pg_dsn)
     await apply_migrations(conn, schema)
-    await run_maintenance(conn, schema, premake_days=2, retention_days=400)
     yield conn
     await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     await conn.close()

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.support.services import ROOT, free_port
-
-
-def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args], env={**os.environ, **env}, cwd=ROOT,
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+from tests.support.helpers import run_cli
+from tests.support.services import free_port
 
 
 @pytest.mark.integration
 def test_check_passes_when_both_links_answer(bridge_env: dict[str, str]) -> None:
     """`fleet-bridge check` exits 0 with a reachable broker and database."""
-    result = run(["check"], bridge_env)
+    result = run_cli(["check"], bridge_env)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
 
@@ -29,7 +19,7 @@ def test_check_passes_when_both_links_answer(bridge_env: dict[str, str]) -> None
 @pytest.mark.integration
 def test_check_fails_and_names_the_broken_link(bridge_env: dict[str, str]) -> None:
     """With nothing listening on the broker port, exit 1 and say it is MQTT."""
-    result = run(["check", "--timeout", "2"], {**bridge_env, "FLEET_BRIDGE_MQTT_PORT": str(free_port())})
+    result = run_cli(["check", "--timeout", "2"], {**bridge_env, "FLEET_BRIDGE_MQTT_PORT": str(free_port())})
     assert result.returncode == 1
     assert "mqtt" in result.stderr
     assert "database" not in result.stderr
@@ -39,7 +29,7 @@ def test_check_fails_and_names_the_broken_link(bridge_env: dict[str, str]) -> No
 @pytest.mark.unit
 def test_version_and_usage_errors() -> None:
     """--version prints the package version; an unknown command is a usage error (2)."""
-    version = run(["--version"], {})
+    version = run_cli(["--version"], {})
     assert version.returncode == 0
     assert version.stdout.startswith("fleet-bridge ")
-    assert run(["frobnicate"], {}).returncode == 2
+    assert run_cli(["frobnicate"], {}).returncode == 2

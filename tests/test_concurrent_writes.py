@@ -8,19 +8,20 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from bridge import clock
 from bridge.ingest.batch import Batch
 from bridge.ingest.parse import METER, VEHICLE, Reading, StreamSpec
 from bridge.ingest.writer import Writer
 from bridge.metrics import Health, Metrics
 from bridge.schema.partitions import HISTORY_TABLES, ensure_partitions, partition_name, run_maintenance
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
 DEVICES = 1000  # of each stream
 ROUNDS = 20
@@ -59,7 +60,7 @@ async def test_one_batch_keeps_the_newest_reading_per_device_and_the_first_of_a_
     time: history holds each (device, ts) once, the first one; current state holds
     each device's newest reading, the same row history kept; an older batch after
     that changes history only."""
-    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    t0 = clock.now().replace(microsecond=0) - timedelta(hours=1)
     at = [t0 + timedelta(minutes=m) for m in range(10)]
     writer = await writers()
     batch = Batch(readings=[
@@ -105,7 +106,7 @@ async def test_writers_in_opposite_orders_never_deadlock_and_the_newest_reading_
     once, and current state is every device's newest reading with its values."""
     rng = random.Random(9)
     first, second = await writers(), await writers()
-    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    base = clock.now().replace(microsecond=0) - timedelta(hours=1)
     devices = [(spec, f"{spec.name.upper()}-{d:05d}") for spec in (METER, VEHICLE) for d in range(DEVICES)]
     distinct: dict[Key, dict[datetime, float]] = {}
 
@@ -153,7 +154,7 @@ async def test_partitions_for_a_new_day_are_made_once_by_concurrent_callers(
     """Six connections (replicas) ask for the same missing day's partitions at the
     same moment while two maintenance passes run: none fails, and each partition is
     created by exactly one caller."""
-    day = datetime.now(UTC).date() - timedelta(days=30)
+    day = clock.now().date() - timedelta(days=30)
     conns = [await asyncpg.connect(pg_dsn) for _ in range(8)]
 
     async def both_tables(conn: asyncpg.Connection) -> list[str]:
@@ -177,7 +178,7 @@ async def test_writers_needing_the_same_missing_day_all_commit_without_retry(
     """Four writers each bring readings of the same 200 meters and vehicles for a
     day that has no partition yet, at the same moment: each makes or finds the
     partitions, commits at the first attempt, and every reading is stored."""
-    day_start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=20)
+    day_start = clock.now().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=20)
     batches = []
     for w in range(4):
         batch = Batch()

@@ -19,7 +19,7 @@ import pytest
 
 from bridge.config import load_settings
 from bridge.db import connect
-from tests.support.security_helpers import run_cli
+from tests.support.helpers import run_cli
 from tests.support.services import PostgresCluster, find_postgres_bindir
 from tests.support.tls_certs import CertificateAuthority, openssl_available
 

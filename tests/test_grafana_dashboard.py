@@ -13,8 +13,11 @@ import asyncpg
 import pytest
 
 from bridge.metrics import Metrics
+from bridge.schema.partitions import HISTORY_TABLES, ensure_partitions
 from tests.support.promql import exported_series, metric_names
 from tests.support.services import ROOT
+
+pytestmark = pytest.mark.clock
 
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "fleet-bridge.json"
@@ -99,7 +102,9 @@ async def test_efficiency_panel_pairs_each_vehicle_reading_with_the_nearest_mete
     """Per UTC hour of [from, to): each vehicle reading of a mapped vehicle pairs with its
     own meter's nearest reading within ±5 s inclusive (tie: the earlier one); one with
     none is unmatched and counts in neither sum; unmapped vehicles are left out."""
-    h1 = datetime.now(UTC).replace(hour=1, minute=0, second=0, microsecond=0)
+    h1 = datetime(2026, 11, 27, 1, tzinfo=UTC)
+    for table in HISTORY_TABLES:
+        await ensure_partitions(db, schema, table, [h1.date()])
     h2, h3 = h1 + timedelta(hours=1), h1 + timedelta(hours=2)
 
     def at(hour: datetime, minute: int, second: int = 0) -> datetime:

@@ -4,7 +4,7 @@ once, current state equal to the newest reading, partitions made on demand."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import aiomqtt
 import asyncpg
@@ -12,10 +12,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bridge import clock
 from tests.support.fleet_data import assert_stored_exactly, count, fleet_messages, history_total, with_faults
 from tests.support.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
 
 @pytest.mark.slow
@@ -55,8 +56,8 @@ async def test_reading_for_a_day_without_partition_is_stored_in_a_new_partition(
     broker: tuple[str, int],
     start_bridge: Callable[..., BridgeProcess],
 ) -> None:
-    """migrate made today's and later partitions; a reading from two days ago gets one on demand."""
-    two_days_ago = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=2)
+    """The daemon premakes today and the days after; a reading from two days ago gets its day on demand."""
+    two_days_ago = clock.now().replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=2)
     partition = f"meter_telemetry_history_p{two_days_ago:%Y%m%d}"
     assert await db.fetchval("SELECT to_regclass($1)", f'"{schema}".{partition}') is None
 
@@ -93,7 +94,7 @@ async def test_readings_published_with_v5_properties_or_at_qos0_are_stored(
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.ContentType = "application/json"
     props.UserProperty = [("site", "depot-7"), ("fw", "1.2.3")]
-    ts = datetime.now(UTC).replace(microsecond=0)
+    ts = clock.now().replace(microsecond=0)
     async with aiomqtt.Client(*broker, protocol=aiomqtt.ProtocolVersion.V5) as client:
         await client.publish(f"{prefix}meter/MTR-P", meter_payload(ts, 2.5), qos=1, properties=props)
         await client.publish(f"{prefix}vehicle/EV-P", vehicle_payload(ts, 2.25), qos=0, properties=props)
@@ -109,3 +110,32 @@ async def test_readings_published_with_v5_properties_or_at_qos0_are_stored(
     vehicle = await db.fetchval(f'SELECT kwh_delivered_dc FROM "{schema}".vehicle_telemetry_history')
     assert vehicle == 2.25
     assert await count(db, schema, "ingest_rejects") == 0
+
+
+async def test_the_daemon_tells_the_time_by_the_moved_clock(
+    db: asyncpg.Connection,
+    schema: str,
+    prefix: str,
+    broker: tuple[str, int],
+    start_bridge: Callable[..., BridgeProcess],
+) -> None:
+    """With bridge.clock moved three years ahead, the daemon stores a reading stamped a
+    minute before that moved "now" (real time would call it a future timestamp), stamps
+    its receive time in the moved era, premakes the moved day's partitions and warns
+    that its clock was moved."""
+    moved = clock.now().replace(microsecond=0) + timedelta(days=3 * 365)
+    bridge = start_bridge(**{clock.CLOCK_ENV: moved.isoformat()})
+    await bridge.wait_ready()
+    await publish_async(*broker, [(f"{prefix}meter/MTR-1", meter_payload(moved - timedelta(minutes=1)))])
+
+    await wait_for(lambda: _history_total_is(db, schema, 1), timeout=60, what="the reading")
+    received_at = await db.fetchval(f'SELECT received_at FROM "{schema}".meter_telemetry_history')
+    assert moved <= received_at < moved + timedelta(minutes=10)
+    assert await count(db, schema, "ingest_rejects") == 0
+    premade = f'"{schema}".meter_telemetry_history_p{moved + timedelta(days=1):%Y%m%d}'
+
+    async def premade_exists() -> bool:
+        return await db.fetchval("SELECT to_regclass($1)", premade) is not None
+
+    await wait_for(premade_exists, timeout=60, what=f"the premade partition {premade}")
+    assert '"clock_moved"' in bridge.logs()

@@ -4,9 +4,6 @@ checked against the ground truth the load generator wrote."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,8 +12,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.support.helpers import BridgeProcess, wait_for
-from tests.support.services import ROOT
+from tests.support.helpers import BridgeProcess, run_cli, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,17 +20,10 @@ ALL_FAULTS = ["--duplicates", "0.05", "--out-of-order", "0.05", "--late", "0.05"
               "--skew-over-5s", "0.05"]  # fmt: skip
 
 
-async def cli(env: dict[str, str], *argv: str) -> str:
-    """Run ``python -m <argv>`` with ``env``; its stdout, or a failure showing stderr."""
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", *argv],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, f"{' '.join(argv)} exited {done.returncode}: {done.stderr}"
+async def cli(env: dict[str, str], module: str, *argv: str) -> str:
+    """Run ``python -m MODULE ARGV`` with ``env``; its stdout, or a failure showing stderr."""
+    done = await asyncio.to_thread(run_cli, argv, env, module=module)
+    assert done.returncode == 0, f"{module} {' '.join(argv)} exited {done.returncode}: {done.stderr}"
     return done.stdout
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import asyncpg
 import pytest
 
+from bridge import clock
 from bridge.commands.cli import main
 from bridge.schema.partitions import partition_name
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
 SNAPSHOT = """
 SELECT 'column' AS kind, table_name || '.' || column_name || ':' || data_type AS what
@@ -54,7 +55,7 @@ async def test_migrate_twice_changes_nothing(
         contract = {"meter_current_state", "vehicle_current_state", "vehicle_meter_mapping", "ingest_rejects",
                     "schema_migrations"}  # fmt: skip
         assert contract <= tables
-        today = datetime.now(UTC).date()
+        today = clock.now().date()
         for table in ("meter_telemetry_history", "vehicle_telemetry_history"):
             made = {partition_name(table, today + timedelta(days=n)) for n in range(4)}
             assert made <= tables

@@ -14,7 +14,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -23,12 +22,15 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bridge import clock
 from bridge.config import load_settings
 from bridge.errors import ConfigError
-from tests.support.helpers import BridgeProcess, meter_payload, wait_for
-from tests.support.security_helpers import device_publish, mosquitto_password_entry, run_cli
+from tests.support.helpers import BridgeProcess, meter_payload, run_cli, wait_for
+from tests.support.security_helpers import device_publish, mosquitto_password_entry
 from tests.support.services import ROOT, Choice, MosquittoProcess
 from tests.support.tls_certs import CertificateAuthority, openssl_available
+
+pytestmark = pytest.mark.clock
 
 MOSQUITTO_DIR = ROOT / "deploy" / "mosquitto"
 PASSWORDS = {user: secrets.token_urlsafe(16) for user in ("fleet-bridge", "MTR-1", "MTR-2", "fleet-loadgen")}
@@ -194,7 +196,7 @@ async def test_bridge_ingests_over_tls_with_a_password_from_a_file(
     await bridge.wait_ready()
 
     [reason] = device_publish(
-        broker.port, "MTR-1", PASSWORDS["MTR-1"], pki.ca, [("meter/MTR-1", meter_payload(datetime.now(UTC)))]
+        broker.port, "MTR-1", PASSWORDS["MTR-1"], pki.ca, [("meter/MTR-1", meter_payload(clock.now()))]
     )
     assert not reason.is_failure, reason
 
@@ -323,7 +325,7 @@ async def test_a_device_may_publish_only_to_its_own_topic(
     try:
         spy.subscribe("meter/+", qos=1)
         assert subscribed.wait(30)
-        now = datetime.now(UTC)
+        now = clock.now()
         forged, own = device_publish(
             broker.port, "MTR-1", PASSWORDS["MTR-1"], pki.ca,
             [("meter/MTR-2", meter_payload(now)), ("meter/MTR-1", meter_payload(now))],

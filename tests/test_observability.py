@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,10 +15,11 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge import clock
 from tests.support.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
 from tests.support.tcp_proxy import TcpProxy, through_proxy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
 # CONTRACT section 8: name -> (type, label names).
 CONTRACT_METRICS = {
@@ -130,7 +131,7 @@ async def test_metrics_after_a_load_agree_with_the_database(
     (300 s, 1200 s] lag buckets; stale devices are counted; promtool accepts it."""
     bridge = start_bridge(FLEET_BRIDGE_METRICS_STALE_AFTER_S=str(STALE_AFTER_S))
     await bridge.wait_ready()
-    messages, expected = load_with_faults(prefix, datetime.now(UTC))
+    messages, expected = load_with_faults(prefix, clock.now())
     await publish_async(*broker, messages)
 
     last: list[Scrape] = []
@@ -181,7 +182,7 @@ async def test_metrics_after_a_load_agree_with_the_database(
     assert m.value("fleet_bridge_sequence_gaps_total", stream="meter") == 1
     assert m.value("fleet_bridge_db_errors_total") == 0
     assert m.value("fleet_bridge_mqtt_connected") == 1
-    assert 0 < m.value("fleet_bridge_last_commit_timestamp_seconds") <= datetime.now(UTC).timestamp()
+    assert 0 < m.value("fleet_bridge_last_commit_timestamp_seconds") <= clock.now().timestamp()
 
     promtool = shutil.which("promtool")
     if promtool is None:

@@ -7,12 +7,13 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import asyncpg
 import psutil
 import pytest
 
+from bridge import clock
 from tests.support.fleet_data import count, fleet_messages, history_total, wait_stored_exactly
 from tests.support.helpers import BridgeProcess, meter_payload, publish, publish_async, wait_for
 from tests.support.services import MosquittoProcess
@@ -75,7 +76,7 @@ async def test_constraint_violation_rejects_only_the_bad_row(
     await db.execute(
         f'ALTER TABLE "{schema}".meter_telemetry_history ADD CONSTRAINT no_666 CHECK (kwh_consumed_ac <> 666)'
     )
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = clock.now().replace(microsecond=0)
     good = [(f"{prefix}meter/M{n}", meter_payload(now - timedelta(seconds=n), 1.0)) for n in range(1, 200)]
     poison = (f"{prefix}meter/POISON", meter_payload(now, 666.0))
     bridge = start_bridge(FLEET_BRIDGE_BATCH_MAX_DELAY_MS="2000")
@@ -122,7 +123,7 @@ async def test_large_backlog_drains_in_bounded_memory(
     bridge.stop()
 
     devices, readings_each = 1000, 100
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    start = clock.now().replace(microsecond=0) - timedelta(hours=3)
     messages, truth = fleet_messages(prefix, devices=devices, readings_each=readings_each, start=start)
     await asyncio.to_thread(publish, private_broker.host, private_broker.port, messages, timeout=600)
 

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from bridge import clock
 from bridge.commands.cli import main
 from bridge.schema.partitions import HISTORY_TABLES, drop_cutoff, ensure_partitions, partition_name, run_maintenance
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
 NOW = datetime(2026, 6, 15, 10, 0, tzinfo=UTC)
 
@@ -97,5 +98,5 @@ async def test_partition_command_for_cron(
     monkeypatch.setenv("FLEET_BRIDGE_PARTITIONS_PREMAKE_DAYS", "4")
     assert await asyncio.to_thread(main, ["partitions"]) == 0
     out = capsys.readouterr().out
-    assert partition_name("meter_telemetry_history", datetime.now(UTC).date() + timedelta(days=4)) in out
+    assert partition_name("meter_telemetry_history", clock.now().date() + timedelta(days=4)) in out
     assert "dropped: none" in out

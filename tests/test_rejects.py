@@ -4,15 +4,16 @@ ingest_rejects with the right reason and its exact bytes; good ones are stored."
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import orjson
 import pytest
 
+from bridge import clock
 from tests.support.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
 
 def bad_corpus(prefix: str, now: datetime) -> list[tuple[str, bytes, str]]:
@@ -50,7 +51,7 @@ async def test_every_bad_message_is_kept_with_its_reason(
 ) -> None:
     """Bad and good messages interleaved: rejects carry reason and raw bytes, good ones
     are stored, and the daemon keeps running."""
-    now = datetime.now(UTC)
+    now = clock.now()
     corpus = bad_corpus(prefix, now)
     good = [
         (f"{prefix}vehicle/EV-{n}", vehicle_payload(now - timedelta(minutes=1, seconds=n), 0.1 * n))
@@ -91,7 +92,7 @@ async def test_redelivered_reject_is_stored_once(
     bridge = start_bridge()
     await bridge.wait_ready()
     message = (f"{prefix}meter/M1", b"not json")
-    await publish_async(*broker, [message, message, (f"{prefix}meter/M1", meter_payload(datetime.now(UTC)))])
+    await publish_async(*broker, [message, message, (f"{prefix}meter/M1", meter_payload(clock.now()))])
 
     async def reading_stored() -> bool:
         stored: int = await db.fetchval(f'SELECT count(*) FROM "{schema}".meter_telemetry_history')

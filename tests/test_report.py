@@ -21,7 +21,7 @@ from bridge.analytics.report import (
 )
 from bridge.schema.partitions import ensure_partitions
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
 DAY = date(2026, 11, 27)
 T0 = datetime(2026, 11, 27, tzinfo=UTC)  # midnight starting DAY

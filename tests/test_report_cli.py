@@ -29,6 +29,8 @@ from bridge.commands.report import (
 )
 from bridge.schema.partitions import ensure_partitions
 
+pytestmark = pytest.mark.clock
+
 RunCli = Callable[..., Awaitable[tuple[int, str, str]]]
 H13 = datetime(2026, 11, 27, 13, tzinfo=UTC)
 ROWS = [
@@ -176,12 +178,14 @@ async def two_hours(db: asyncpg.Connection, schema: str) -> None:
     await db.execute(
         f"""
         INSERT INTO "{schema}".vehicle_meter_mapping VALUES ('EV-1', 'MTR-1');
-        INSERT INTO "{schema}".meter_telemetry_history (meter_id, recorded_at, received_at, kwh_consumed_ac) VALUES
-            ('MTR-1', '2026-11-27T12:00:01Z', now(), 1.0),
-            ('MTR-1', '2026-11-27T13:00:01Z', now(), 1.0), ('MTR-1', '2026-11-27T13:01:01Z', now(), 0.5);
-        INSERT INTO "{schema}".vehicle_telemetry_history (vehicle_id, recorded_at, received_at, kwh_delivered_dc) VALUES
-            ('EV-1', '2026-11-27T12:00:00Z', now(), 0.75), ('EV-1', '2026-11-27T12:30:00Z', now(), 9.0),
-            ('EV-1', '2026-11-27T13:00:00Z', now(), 1.0), ('EV-1', '2026-11-27T13:01:00Z', now(), 0.5);
+        INSERT INTO "{schema}".meter_telemetry_history (meter_id, recorded_at, received_at, kwh_consumed_ac)
+        SELECT m, t, t, e FROM (VALUES
+            ('MTR-1', timestamptz '2026-11-27T12:00:01Z', 1.0),
+            ('MTR-1', '2026-11-27T13:00:01Z', 1.0), ('MTR-1', '2026-11-27T13:01:01Z', 0.5)) AS r(m, t, e);
+        INSERT INTO "{schema}".vehicle_telemetry_history (vehicle_id, recorded_at, received_at, kwh_delivered_dc)
+        SELECT v, t, t, e FROM (VALUES
+            ('EV-1', timestamptz '2026-11-27T12:00:00Z', 0.75), ('EV-1', '2026-11-27T12:30:00Z', 9.0),
+            ('EV-1', '2026-11-27T13:00:00Z', 1.0), ('EV-1', '2026-11-27T13:01:00Z', 0.5)) AS r(v, t, e);
         """
     )
 

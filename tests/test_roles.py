@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,10 +19,11 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.support.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
+from bridge import clock
+from tests.support.helpers import BridgeProcess, meter_payload, publish_async, run_cli, vehicle_payload, wait_for
 from tests.support.services import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
 ROLES_SQL = ROOT / "deploy" / "postgres" / "roles.sql"
 HISTORY = ("meter_telemetry_history", "vehicle_telemetry_history")
@@ -70,17 +69,7 @@ def apply_roles_sql(admin_dsn: str, schema: str, names: dict[str, str]) -> str:
 
 async def fleet_bridge(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run a fleet-bridge command (not the daemon) and return its result."""
-    command = [sys.executable, "-m", "bridge", *args]
-    return await asyncio.to_thread(
-        subprocess.run,
-        command,
-        env={**os.environ, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return await asyncio.to_thread(run_cli, args, env)
 
 
 @pytest.fixture
@@ -133,7 +122,7 @@ async def test_daemon_as_ingest_role_stores_readings_rejects_and_a_missing_day_p
     admin = await roles.connect("owner")
     try:
         assert not await admin.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = $1", roles.names["ingest"])
-        now = datetime.now(UTC).replace(microsecond=0)
+        now = clock.now().replace(microsecond=0)
         past = now - timedelta(days=3)  # migrate makes partitions from today on
         missing = f"meter_telemetry_history_p{past:%Y%m%d}"
         assert await partition_owner(admin, roles.schema, missing) is None
@@ -187,7 +176,7 @@ async def test_report_and_status_run_as_report_role_on_what_the_ingest_role_stor
     imported = await fleet_bridge("mapping", "import", str(mapping), env=roles.env("owner"))
     assert imported.returncode == 0, imported.stderr
 
-    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    hour = clock.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     stamps = [hour + timedelta(minutes=m) for m in (5, 10, 15)]
     messages = [(f"{prefix}meter/MTR-00001", meter_payload(ts, 1.0)) for ts in stamps]
     messages += [(f"{prefix}vehicle/EV-00001", vehicle_payload(ts, 0.9)) for ts in stamps]
@@ -266,7 +255,8 @@ async def test_report_role_reads_everything_and_cannot_write(roles: Roles) -> No
         for table in (*HISTORY, "meter_current_state", "vehicle_current_state", "vehicle_meter_mapping",
                       "ingest_rejects", "schema_migrations"):  # fmt: skip
             await conn.fetchval(f'SELECT count(*) FROM "{schema}".{table}')
-        insert = f"INSERT INTO \"{schema}\".meter_current_state VALUES ('MTR-1', now(), now(), 1)"
+        at = "'2026-11-27T12:00:00Z'"
+        insert = f"INSERT INTO \"{schema}\".meter_current_state VALUES ('MTR-1', {at}, {at}, 1)"
         with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
             await conn.execute(insert)
         await conn.execute("SET default_transaction_read_only = off")

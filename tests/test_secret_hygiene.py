@@ -13,13 +13,15 @@ import asyncpg
 import pytest
 import structlog
 
+from bridge import clock
 from bridge.config import Dsn, load_settings, redact_dsn
 from bridge.errors import ConfigError
 from bridge.logs import configure_logging
 from bridge.redact import MASK, redact, redacting_processor, secret_values
-from tests.support.helpers import BridgeProcess, meter_payload, publish, utcnow, wait_for
-from tests.support.security_helpers import run_cli
+from tests.support.helpers import BridgeProcess, meter_payload, publish, run_cli, wait_for
 from tests.support.services import free_port
+
+pytestmark = pytest.mark.clock
 
 # Characters a password may hold but a URL must percent-encode: written raw they
 # made asyncpg quote a piece of the DSN in its error message.
@@ -147,7 +149,7 @@ async def test_no_output_of_the_daemon_or_the_commands_contains_a_password(
     bridge = start_bridge(**secret_env)
     await bridge.wait_ready()
     host, port = broker
-    publish(host, port, [(f"{prefix}meter/M1", meter_payload(utcnow())), (f"{prefix}meter/M1", b"{oops")])
+    publish(host, port, [(f"{prefix}meter/M1", meter_payload(clock.now())), (f"{prefix}meter/M1", b"{oops")])
 
     async def both_stored() -> bool:
         return bridge.metric("fleet_bridge_messages_received_total") == 2 and bool(

@@ -7,15 +7,16 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import pytest
 
+from bridge import clock
 from tests.support.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
 from tests.support.systemd_unit import timeout_stop_s
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow, pytest.mark.clock]
 
 DEVICES = 25  # meters and as many vehicles: 50 readings a chunk
 
@@ -53,7 +54,7 @@ async def test_sigterm_while_readings_flow_drains_exits_0_within_timeout_stop_se
     waits in the bridge's persistent session: a restarted bridge with the same
     client id stores it, so every published reading ends up in history exactly."""
     bound = timeout_stop_s()
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    start = clock.now().replace(microsecond=0) - timedelta(hours=1)
     bridge = start_bridge()
     await bridge.wait_ready()
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import orjson
 import pytest
 
+from bridge import clock
 from bridge.commands.status import FleetStatus, StreamStatus, render_json, render_table
-from tests.support.services import ROOT
+from tests.support.helpers import run_cli
+
+pytestmark = pytest.mark.clock
 
 AS_OF = datetime(2026, 11, 27, 12, 0, 5, 250000, tzinfo=UTC)
 MIDNIGHT = datetime(2026, 11, 27, tzinfo=UTC)
@@ -61,13 +63,9 @@ def test_table_has_one_aligned_line_per_stream_and_the_power_totals() -> None:
 
 
 async def run_status(env: dict[str, str], *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "status", *args,
-        env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 0, stderr.decode()
-    return stdout.decode()
+    done = await asyncio.to_thread(run_cli, ["status", *args], env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 @pytest.mark.integration
@@ -76,7 +74,8 @@ async def test_status_reports_a_hand_made_fleet(
 ) -> None:
     """Against the current-state tables: devices older than metrics.stale_after_s are
     stale and left out of the power sums; a reading without power_kw adds nothing."""
-    now: datetime = await db.fetchval("SELECT date_trunc('milliseconds', now())")
+    real = clock.now()
+    now = real.replace(microsecond=real.microsecond // 1000 * 1000)
     fresh, old = now - timedelta(seconds=30), now - timedelta(hours=2)
     meters = [("MTR-1", fresh, 1.5), ("MTR-2", now, 2.25), ("MTR-3", fresh, None), ("MTR-4", old, 7.0)]
     vehicles = [("EV-1", fresh, 3.0), ("EV-2", old, 11.0), ("EV-3", old - timedelta(minutes=5), 0.5)]

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
+from bridge import clock
 from bridge.config import Settings
 from bridge.db import Conn, connect, qualified
 from bridge.errors import BridgeError
@@ -90,13 +91,14 @@ async def upsert_mapping(conn: Conn, schema: str, pairs: list[tuple[str, str]]) 
     """Insert new vehicles and repoint changed ones, in one statement (so one transaction)."""
     table = qualified(schema, "vehicle_meter_mapping")
     written = await conn.fetch(
-        f"INSERT INTO {table} AS t (vehicle_id, meter_id)"
-        " SELECT * FROM unnest($1::text[], $2::text[])"
-        " ON CONFLICT (vehicle_id) DO UPDATE SET meter_id = excluded.meter_id, updated_at = now()"
+        f"INSERT INTO {table} AS t (vehicle_id, meter_id, updated_at)"
+        " SELECT v, m, $3 FROM unnest($1::text[], $2::text[]) AS u(v, m)"
+        " ON CONFLICT (vehicle_id) DO UPDATE SET meter_id = excluded.meter_id, updated_at = excluded.updated_at"
         " WHERE t.meter_id IS DISTINCT FROM excluded.meter_id"
         " RETURNING (xmax = 0) AS inserted",  # xmax is 0 only on a freshly inserted row
         [vehicle for vehicle, _ in pairs],
         [meter for _, meter in pairs],
+        clock.now(),
     )
     added = sum(1 for row in written if row["inserted"])
     return ImportResult(added=added, changed=len(written) - added, unchanged=len(pairs) - len(written))

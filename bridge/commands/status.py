@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from bridge import clock
 from bridge.db import qualified
 
 __all__ = ["FleetStatus", "StreamStatus", "fetch_status", "render_json", "render_table", "status_sql"]
@@ -40,7 +41,7 @@ class StreamStatus:
 
 @dataclasses.dataclass(frozen=True)
 class FleetStatus:
-    """Both streams, read in one snapshot at ``as_of`` (the database's clock)."""
+    """Both streams, read in one snapshot; ``as_of`` is the product's clock (bridge.clock)."""
 
     as_of: datetime
     stale_after_s: int
@@ -62,7 +63,7 @@ def status_sql(schema: str, stream: str) -> str:
 async def fetch_status(conn: asyncpg.Connection, schema: str, stale_after_s: int) -> FleetStatus:
     """Read both hot tables in one read-only snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        as_of: datetime = await conn.fetchval("SELECT now()")
+        as_of = clock.now()
         cutoff = as_of - timedelta(seconds=stale_after_s)
         streams = {}
         for stream in STREAM_ORDER:

@@ -13,12 +13,13 @@ import contextlib
 import itertools
 import operator
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import aiomqtt
 import asyncpg
 import structlog
 
+from bridge import clock
 from bridge.config import Settings
 from bridge.db import create_pool, qualified
 from bridge.http import start_http_server
@@ -79,6 +80,8 @@ class Bridge:
         )
         self.http_port = server.sockets[0].getsockname()[1]
         log.info("bridge_started", metrics_port=self.http_port, client_id=self.settings.mqtt.client_id)
+        if clock.offset():
+            log.warning("clock_moved", variable=clock.CLOCK_ENV, now=clock.now().isoformat(), detail="for tests only")
         try:
             writer = Writer(pool, self.settings.db.schema, self.metrics, self.health)
             async with asyncio.TaskGroup() as tasks:
@@ -182,7 +185,7 @@ class Bridge:
 
     def _take(self, connection: BrokerConnection, message: Publish, batch: Batch) -> None:
         topic = message.topic
-        result = parse_message(topic, message.payload, datetime.now(UTC), self.rules)
+        result = parse_message(topic, message.payload, clock.now(), self.rules)
         if not batch:
             batch.opened_at = time.monotonic()
         batch.handles.append((connection, message))
@@ -274,11 +277,12 @@ class Bridge:
         while True:
             try:
                 async with pool.acquire() as conn:
+                    cutoff = clock.now() - stale_after
                     for stream in ("meter", "vehicle"):
                         stale = await conn.fetchval(
                             f"SELECT count(*) FROM {qualified(schema, stream + '_current_state')}"
-                            " WHERE recorded_at < now() - $1::interval",
-                            stale_after,
+                            " WHERE recorded_at < $1",
+                            cutoff,
                         )
                         self.metrics.devices_stale.labels(stream).set(stale)
                 self.health.db_ok = True

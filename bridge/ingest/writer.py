@@ -9,11 +9,12 @@ import collections
 import dataclasses
 import time
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 import asyncpg
 import structlog
 
+from bridge import clock
 from bridge.db import NO_PARTITION_MESSAGE, Conn, ErrorKind, classify, qualified, sqlstate
 from bridge.ingest.batch import Batch, history_columns, split_by_stream
 from bridge.ingest.parse import METER, STREAMS, VEHICLE, Reading, Reject, StreamSpec
@@ -36,7 +37,7 @@ class WriteOutcome:
     inserted: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     duplicates: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     rejected: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    committed_at: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
+    committed_at: datetime = dataclasses.field(default_factory=clock.now)
 
     def merge(self, other: WriteOutcome) -> None:
         self.inserted += other.inserted
@@ -193,7 +194,7 @@ class Writer:
                         [_text(r.detail) for r in ordered],
                     )
                     outcome.rejected.update(row["reason"] for row in stored)
-        outcome.committed_at = datetime.now(UTC)
+        outcome.committed_at = clock.now()
         return outcome
 
     async def _ensure_partitions(self, conn: Conn, by_stream: dict[str, list[Reading]]) -> None:

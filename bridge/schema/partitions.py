@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 
+from bridge import clock
 from bridge.db import Conn, qualified
 
 __all__ = [
@@ -65,7 +66,7 @@ async def run_maintenance(
     Passes are serialized by an advisory lock, so replicas (and a cron job) can run
     them at the same time: the second waits, then finds nothing left to do.
     """
-    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    today = (now or clock.now()).astimezone(UTC).date()
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", MAINTENANCE_LOCK)
         created = []

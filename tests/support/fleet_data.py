@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 
+from bridge import clock
 from tests.support.helpers import meter_payload, publish, vehicle_payload, wait_for
 
 Truth = dict[tuple[str, str], set[datetime]]
@@ -18,7 +19,7 @@ def fleet_messages(
     prefix: str, devices: int, readings_each: int, *, seed: int = 7, start: datetime | None = None
 ) -> tuple[list[tuple[str, bytes]], Truth]:
     """Readings from ``devices`` meters and vehicles, plus the distinct (device, ts) truth."""
-    start = start or datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=readings_each + 5)
+    start = start or clock.now().replace(microsecond=0) - timedelta(minutes=readings_each + 5)
     rng = random.Random(seed)
     messages: list[tuple[str, bytes]] = []
     truth: Truth = {}

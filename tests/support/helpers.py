@@ -10,8 +10,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -73,6 +73,18 @@ async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float, what
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(every)
+
+
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str], *, module: str = "bridge", timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` (a ``fleet-bridge`` or ``fleet-loadgen`` command, not
+    the daemon) with ``env`` over the test's environment, so that a moved
+    bridge.clock reaches it too."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], env={**os.environ, **env}, cwd=ROOT,
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
 
 
 class BridgeProcess:
@@ -146,7 +158,3 @@ class BridgeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -7,28 +7,16 @@ import base64
 import hashlib
 import os
 import ssl
-import subprocess
-import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests.support.services import ROOT
-
 # mosquitto_passwd's default (-H sha512-pbkdf2): "$7$<iterations>$<salt>$<hash>", base64.
 MOSQUITTO_PBKDF2_ITERATIONS = 101
-
-
-def run_cli(args: list[str], env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``fleet-bridge ARGS`` with ``env`` over the test's environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args], env={**os.environ, **env}, cwd=ROOT,
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
 
 
 def mosquitto_password_entry(user: str, password: str) -> str:

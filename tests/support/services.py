@@ -157,6 +157,30 @@ def broker_config(base: str, port: int, data_dir: Path, extra: str = "", *, bind
     return "\n".join(kept) + "\n"
 
 
+# Config lines naming a file the broker reads after it dropped root for its own user.
+FILE_OPTIONS = frozenset({"acl_file", "password_file", "cafile", "certfile", "keyfile"})
+
+
+def with_readable_copies(config: str, directory: Path) -> str:
+    """``config`` with every file it names copied into ``directory``, readable by all.
+
+    Started as root, mosquitto drops to the user ``mosquitto`` before it opens its
+    acl, password and certificate files: a file inside a private checkout (a clone
+    in a mode-0700 directory or a home directory) would be out of its reach.
+    """
+    lines = []
+    for number, line in enumerate(config.splitlines()):
+        option, _, value = line.strip().partition(" ")
+        if option in FILE_OPTIONS and value.strip():
+            source = Path(value.strip())
+            copy = directory / f"{number:03d}-{source.name}"
+            shutil.copyfile(source, copy)
+            copy.chmod(0o644)
+            line = f"{option} {copy}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 class MosquittoProcess:
     """A private broker from the machine's binary, restartable by fault tests."""
 
@@ -170,7 +194,7 @@ class MosquittoProcess:
         self.dir.chmod(0o777)
         base = config_text if config_text is not None else MOSQUITTO_CONF.read_text()
         self.config = self.dir / "mosquitto.conf"
-        self.config.write_text(broker_config(base, self.port, self.dir, extra_config))
+        self.config.write_text(with_readable_copies(broker_config(base, self.port, self.dir, extra_config), self.dir))
         self.log = self.dir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
