@@ -34,6 +34,7 @@ from paho.mqtt.properties import Properties
 
 from bridge.ingest.batch import Batch
 from bridge.ingest.parse import ParseRules, Reading, parse_message
+from bridge.ingest.store import PgStore
 from bridge.ingest.writer import Writer
 from bridge.metrics import Health, Metrics
 from bridge.schema.migrate import apply_migrations
@@ -215,7 +216,7 @@ async def database_alone(messages: list[tuple[str, bytes]], size: int = 2000) ->
     batches = parsed_batches(messages, size)
     pool = await asyncpg.create_pool(DSN, min_size=1, max_size=2)
     try:
-        writer = Writer(pool, schema, Metrics(), Health())
+        writer = Writer(PgStore(pool, schema), Metrics(), Health())
         started = time.perf_counter()
         for batch in batches:
             await writer.write(batch)

@@ -33,7 +33,8 @@ import asyncpg
 
 from bridge.analytics.report import EfficiencyRow, fleet_report, vehicle_report
 from bridge.schema.migrate import apply_migrations
-from bridge.schema.partitions import HISTORY_TABLES, ensure_partitions, partition_name
+from bridge.schema.partitions import ensure_partitions, partition_name
+from bridge.streams import HISTORY_TABLES
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 JITTER_STEPS = 97  # distinct jitter values, cycled over devices and minutes

@@ -146,6 +146,8 @@ class MqttSettings:
     shared_group: str | None = _setting(None, _matches(SHARED_GROUP, "letters, digits, _.-"))
     keepalive_s: int = _setting(60, _between(5, 3600))
     session_expiry_s: int = _setting(7 * 24 * 3600, _between(60, 0xFFFFFFFE))
+    # auto: the fast reader where the installed paho-mqtt is verified, else the plain one.
+    reader: str = _setting("auto", _one_of("auto", "plain"))
 
 
 @dataclasses.dataclass(frozen=True)

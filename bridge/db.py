@@ -10,18 +10,29 @@ import asyncpg
 
 from bridge.config import Settings
 
-__all__ = ["Conn", "ErrorKind", "classify", "connect", "create_pool", "qualified", "sqlstate"]
+__all__ = [
+    "TRANSIENT_ERRORS",
+    "Conn",
+    "ErrorKind",
+    "classify",
+    "connect",
+    "create_pool",
+    "is_missing_partition",
+    "qualified",
+    "sqlstate",
+]
 
 # A plain connection or one borrowed from the pool: both run the same statements.
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
+# What a statement raises when the database is away, restarting, refusing
+# connections or too slow: the work is kept and tried again later.
+TRANSIENT_ERRORS = (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 # SQLSTATE classes that mean "this data can never be stored as it is": retrying the
 # same rows is useless, so the batch is split to isolate them (22 data exception,
 # 23 integrity constraint violation). Everything else is treated as transient.
 PERMANENT_CLASSES = frozenset({"22", "23"})
-# "no partition of relation ... found for row" is class 23 but means our partition
-# cache is stale (a partition was dropped or never made): make it and retry.
-NO_PARTITION_MESSAGE = "no partition of relation"
+CHECK_VIOLATION = "23514"
 
 
 class ErrorKind(enum.Enum):
@@ -34,10 +45,24 @@ def sqlstate(exc: BaseException) -> str | None:
     return state if isinstance(state, str) else None
 
 
+def is_missing_partition(exc: BaseException) -> bool:
+    """A row for a day whose partition is missing (dropped, or never made).
+
+    PostgreSQL reports it as a check violation (23514) naming the partitioned table
+    and no constraint; a real CHECK violation names its constraint. Told apart by
+    these fields, never by the message, which follows the server's lc_messages.
+    """
+    return sqlstate(exc) == CHECK_VIOLATION and getattr(exc, "constraint_name", None) is None
+
+
 def classify(exc: BaseException) -> ErrorKind:
-    """Transient errors are retried with the batch kept; permanent ones are bisected."""
+    """Transient errors are retried with the batch kept; permanent ones are bisected.
+
+    A missing partition is class 23 but means the writer's partition cache is stale:
+    transient, so the day is made again and the batch retried.
+    """
     state = sqlstate(exc)
-    if state is None or NO_PARTITION_MESSAGE in str(exc):
+    if state is None or is_missing_partition(exc):
         return ErrorKind.TRANSIENT
     return ErrorKind.PERMANENT if state[:2] in PERMANENT_CLASSES else ErrorKind.TRANSIENT
 

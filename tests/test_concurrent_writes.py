@@ -16,10 +16,12 @@ from structlog.testing import capture_logs
 
 from bridge import clock
 from bridge.ingest.batch import Batch
-from bridge.ingest.parse import METER, VEHICLE, Reading, StreamSpec
+from bridge.ingest.parse import Reading
+from bridge.ingest.store import PgStore
 from bridge.ingest.writer import Writer
 from bridge.metrics import Health, Metrics
-from bridge.schema.partitions import HISTORY_TABLES, ensure_partitions, partition_name, run_maintenance
+from bridge.schema.partitions import ensure_partitions, partition_name, run_maintenance
+from bridge.streams import HISTORY_TABLES, METER, VEHICLE, StreamSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
@@ -41,7 +43,7 @@ async def writers(pg_dsn: str, schema: str) -> AsyncIterator[Callable[[], Awaita
     async def make() -> Writer:
         pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
         pools.append(pool)
-        return Writer(pool, schema, Metrics(), Health())
+        return Writer(PgStore(pool, schema), Metrics(), Health())
 
     yield make
     for pool in pools:

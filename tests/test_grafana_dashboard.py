@@ -13,7 +13,8 @@ import asyncpg
 import pytest
 
 from bridge.metrics import Metrics
-from bridge.schema.partitions import HISTORY_TABLES, ensure_partitions
+from bridge.schema.partitions import ensure_partitions
+from bridge.streams import HISTORY_TABLES
 from tests.support.promql import exported_series, metric_names
 from tests.support.services import ROOT
 

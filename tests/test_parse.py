@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.ingest.parse import METER, VEHICLE, ParseRules, Reading, Reject, parse_message
+from bridge.ingest.parse import ParseRules, Reading, Reject, parse_message
+from bridge.streams import METER, VEHICLE
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,8 @@ import asyncpg
 import pytest
 
 from bridge.schema.migrate import available_migrations
-from bridge.schema.partitions import HISTORY_TABLES, ensure_partitions, partition_name, run_maintenance
+from bridge.schema.partitions import ensure_partitions, partition_name, run_maintenance
+from bridge.streams import HISTORY_TABLES
 
 pytestmark = [pytest.mark.integration, pytest.mark.clock]
 

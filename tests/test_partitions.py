@@ -11,7 +11,8 @@ import pytest
 
 from bridge import clock
 from bridge.commands.cli import main
-from bridge.schema.partitions import HISTORY_TABLES, drop_cutoff, ensure_partitions, partition_name, run_maintenance
+from bridge.schema.partitions import drop_cutoff, ensure_partitions, partition_name, run_maintenance
+from bridge.streams import HISTORY_TABLES
 
 pytestmark = [pytest.mark.integration, pytest.mark.clock]
 

@@ -13,11 +13,12 @@ from prometheus_client.metrics_core import Metric
 
 from bridge.ingest.batch import history_columns, split_by_stream
 from bridge.ingest.batcher import FlushPolicy
-from bridge.ingest.parse import METER, VEHICLE, Reading
+from bridge.ingest.parse import Reading
 from bridge.ingest.sequence import SequenceTracker
 from bridge.metrics import LAG_BUCKETS, observe_all
 from bridge.retry import backoff_delay
 from bridge.schema.partitions import days_to_premake, drop_cutoff, partition_name
+from bridge.streams import METER, VEHICLE
 
 pytestmark = pytest.mark.unit
 

@@ -25,8 +25,8 @@ from bridge.commands.status import fetch_status, render_json, render_table
 from bridge.config import Settings, load_settings
 from bridge.db import connect
 from bridge.errors import BridgeError, ConfigError
-from bridge.ingest.mqtt import tls_parameters
-from bridge.ingest.service import Bridge
+from bridge.ingest.link import tls_options
+from bridge.ingest.service import run_daemon
 from bridge.logs import configure_logging
 from bridge.redact import redact, secret_values
 from bridge.schema.migrate import apply_migrations
@@ -83,7 +83,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     collect_garbage_less_often()
-    await Bridge(settings).run(stop)
+    await run_daemon(settings, stop)
     return EXIT_OK
 
 
@@ -116,7 +116,7 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             identifier=f"{settings.mqtt.client_id}-check-{uuid.uuid4().hex[:8]}",
             username=settings.mqtt.username,
             password=settings.mqtt_password(),
-            tls_params=tls_parameters(settings),
+            tls_params=aiomqtt.TLSParameters(**options) if (options := tls_options(settings)) else None,
             tls_insecure=settings.mqtt.tls_insecure or None,
             timeout=args.timeout,
         ):

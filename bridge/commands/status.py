@@ -18,10 +18,9 @@ import orjson
 
 from bridge import clock
 from bridge.db import qualified
+from bridge.streams import STREAM_NAMES, STREAMS
 
 __all__ = ["FleetStatus", "StreamStatus", "fetch_status", "render_json", "render_table", "status_sql"]
-
-STREAM_ORDER = ("meter", "vehicle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +55,7 @@ def status_sql(schema: str, stream: str) -> str:
         " count(*) FILTER (WHERE recorded_at < $1) AS stale,"
         " coalesce(sum(power_kw) FILTER (WHERE recorded_at >= $1), 0) AS power_kw,"
         " max(recorded_at) AS newest, min(recorded_at) AS oldest"
-        f" FROM {qualified(schema, stream + '_current_state')}"
+        f" FROM {qualified(schema, STREAMS[stream].current_table)}"
     )
 
 
@@ -66,7 +65,7 @@ async def fetch_status(conn: asyncpg.Connection, schema: str, stale_after_s: int
         as_of = clock.now()
         cutoff = as_of - timedelta(seconds=stale_after_s)
         streams = {}
-        for stream in STREAM_ORDER:
+        for stream in STREAM_NAMES:
             row = await conn.fetchrow(status_sql(schema, stream), cutoff)
             assert row is not None  # an aggregate without GROUP BY returns one row
             streams[stream] = StreamStatus(
@@ -123,7 +122,7 @@ def _aligned(rows: Sequence[Sequence[str]], numeric: frozenset[int]) -> list[str
 def render_table(status: FleetStatus) -> str:
     """A short human-readable report: one line per stream, then the power totals."""
     rows = [("stream", "devices", "reporting", "stale", "newest reading", "oldest reading")]
-    for name in STREAM_ORDER:
+    for name in STREAM_NAMES:
         s: StreamStatus = getattr(status, name)
         times = (_rfc3339(s.newest, "seconds") or "-", _rfc3339(s.oldest, "seconds") or "-")
         rows.append((name, str(s.devices), str(s.reporting), str(s.stale), *times))

@@ -7,7 +7,9 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.ingest.parse import STREAMS, Reading, Reject, StreamSpec
+from bridge.ingest.link import Delivery
+from bridge.ingest.parse import Reading, Reject
+from bridge.streams import STREAMS, StreamSpec
 
 __all__ = ["Batch", "history_columns", "split_by_stream"]
 
@@ -16,18 +18,19 @@ __all__ = ["Batch", "history_columns", "split_by_stream"]
 class Batch:
     """Messages received together, written in one transaction, then acknowledged.
 
-    ``handles`` are opaque acknowledgement tokens in arrival order; ``readings`` and
-    ``rejects`` are what the messages parsed into.
+    ``deliveries`` are the messages in arrival order with the link each came from
+    (what acknowledging them takes); ``readings`` and ``rejects`` are what they
+    parsed into.
     """
 
-    handles: list[Any] = dataclasses.field(default_factory=list)
+    deliveries: list[Delivery] = dataclasses.field(default_factory=list)
     readings: list[Reading] = dataclasses.field(default_factory=list)
     rejects: list[Reject] = dataclasses.field(default_factory=list)
     opened_at: float = 0.0  # monotonic time of the first message
     received: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # per stream label
 
     def __len__(self) -> int:
-        return len(self.handles)
+        return len(self.deliveries)
 
 
 def split_by_stream(readings: Sequence[Reading]) -> dict[str, list[Reading]]:

@@ -10,21 +10,13 @@ import dataclasses
 import math
 import re
 from datetime import UTC, date, datetime, timedelta
-from typing import Final, Literal, NamedTuple
+from typing import Final, NamedTuple
 
 import orjson
 
-__all__ = [
-    "METER",
-    "STREAMS",
-    "VEHICLE",
-    "ParseRules",
-    "Reading",
-    "Reject",
-    "StreamSpec",
-    "oldest_accepted_day",
-    "parse_message",
-]
+from bridge.streams import STREAMS, VEHICLE, StreamSpec
+
+__all__ = ["ParseRules", "Reading", "Reject", "oldest_accepted_day", "parse_message"]
 
 DEVICE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 # RFC 3339 date-time; the offset is mandatory (a naive time is ambiguous).
@@ -35,26 +27,6 @@ EPOCH_MS_MAX: Final = 4_102_444_800_000  # 2100-01-01
 KWH_LIMIT: Final = 1000.0
 SEQ_MAX: Final = 2**63 - 1
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StreamSpec:
-    """What one stream's payloads and tables look like."""
-
-    name: Literal["meter", "vehicle"]
-    id_field: str
-    energy_field: str
-    optional_fields: tuple[str, ...]
-
-    @property
-    def value_fields(self) -> tuple[str, ...]:
-        """The numeric columns in table order (energy first, then the optional ones)."""
-        return (self.energy_field, *self.optional_fields)
-
-
-METER: Final = StreamSpec("meter", "meter_id", "kwh_consumed_ac", ("power_kw", "voltage_v", "current_a"))
-VEHICLE: Final = StreamSpec("vehicle", "vehicle_id", "kwh_delivered_dc", ("power_kw", "soc_pct", "battery_temp_c"))
-STREAMS: Final[dict[str, StreamSpec]] = {METER.name: METER, VEHICLE.name: VEHICLE}
 
 
 class Reading(NamedTuple):

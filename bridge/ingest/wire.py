@@ -4,7 +4,7 @@ Draining a backlog through paho-mqtt costs more per message than everything
 else the bridge does with a reading: three or four ``recv`` calls per packet, a
 ``Properties`` object, an ``MQTTMessage`` with its own ``threading.Condition``,
 a walk of the topic matcher, then aiomqtt's ``Message``. The bridge reads the
-socket itself (bridge/ingest/mqtt.py) and splits what it read here: a PUBLISH becomes a
+socket itself (bridge/ingest/fast_link.py) and splits what it read here: a PUBLISH becomes a
 ``Publish`` of four fields; every other packet (SUBACK, PINGRESP, DISCONNECT,
 ...) is handed back to paho, which keeps the protocol state.
 """
@@ -41,7 +41,7 @@ class Frames:
     consumed: int  # bytes used; the rest starts an incomplete packet (or was not wanted yet)
 
 
-def split_packets(data: bytes | bytearray, max_publishes: int, *, v5: bool = True) -> Frames:
+def split_packets(data: bytes | bytearray, max_publishes: int) -> Frames:
     """Split ``data`` into packets, stopping before the PUBLISH that would exceed
     ``max_publishes`` or at the first incomplete packet. Raises ``Malformed``."""
     frames = Frames([], [], 0)
@@ -59,7 +59,7 @@ def split_packets(data: bytes | bytearray, max_publishes: int, *, v5: bool = Tru
         if header & 0xF0 == _PUBLISH:
             if len(frames.publishes) >= max_publishes:
                 break
-            frames.publishes.append(_publish(data, header, start, end, v5))
+            frames.publishes.append(_publish(data, header, start, end))
         else:
             frames.others.append((header, bytes(data[start:end])))
         pos = end
@@ -82,7 +82,7 @@ def _varint(data: bytes | bytearray, at: int, limit: int) -> tuple[int, int] | N
     raise Malformed("variable byte integer longer than 4 bytes")
 
 
-def _publish(data: bytes | bytearray, header: int, start: int, end: int, v5: bool) -> Publish:
+def _publish(data: bytes | bytearray, header: int, start: int, end: int) -> Publish:
     qos = (header >> 1) & 0x03
     if qos > 1:
         # We subscribe at QoS 1, so a broker may not send more (MQTT 5, 3.8.4).
@@ -102,12 +102,11 @@ def _publish(data: bytes | bytearray, header: int, start: int, end: int, v5: boo
             raise Malformed("PUBLISH without a message id")
         mid = (data[at] << 8) | data[at + 1]
         at += 2
-    if v5:
-        # Properties (content type, user properties, ...) carry nothing the bridge uses.
-        properties = _varint(data, at, end)
-        if properties is None:
-            raise Malformed("PUBLISH properties cut short")
-        at = properties[1] + properties[0]
-        if at > end:
-            raise Malformed("PUBLISH properties longer than the packet")
+    # MQTT v5 properties (content type, user properties, ...) carry nothing the bridge uses.
+    properties = _varint(data, at, end)
+    if properties is None:
+        raise Malformed("PUBLISH properties cut short")
+    at = properties[1] + properties[0]
+    if at > end:
+        raise Malformed("PUBLISH properties longer than the packet")
     return Publish(topic, bytes(data[at:end]), mid, qos)

@@ -10,9 +10,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from bridge import clock
 from bridge.db import Conn, qualified
+from bridge.streams import HISTORY_TABLES
 
 __all__ = [
-    "HISTORY_TABLES",
     "MaintenanceResult",
     "days_to_premake",
     "drop_cutoff",
@@ -21,7 +21,6 @@ __all__ = [
     "run_maintenance",
 ]
 
-HISTORY_TABLES = ("meter_telemetry_history", "vehicle_telemetry_history")
 MAINTENANCE_LOCK = "fleet_bridge.maintenance"
 # Retention keeps one extra day, so a reading accepted just before midnight (when
 # the window moves) still finds its partition.

@@ -1,0 +1,114 @@
+"""What the daemon needs from a broker connection, and the parts every
+connection shares: subscriptions, CONNECT properties, TLS options.
+
+Two implementations: bridge/ingest/fast_link.py reads the socket itself (the
+default), bridge/ingest/plain_link.py lets paho read it through its public API
+(used when the installed paho is not a verified release, or on request).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, NamedTuple, Protocol, Self
+
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.config import Settings
+from bridge.errors import BridgeError
+from bridge.ingest.wire import Publish
+from bridge.streams import STREAM_NAMES
+
+__all__ = [
+    "QOS",
+    "BrokerLink",
+    "Delivery",
+    "LinkError",
+    "Publish",
+    "connect_properties",
+    "subscription_filters",
+    "tls_options",
+]
+
+log = structlog.get_logger("bridge.ingest.link")
+
+QOS = 1
+
+
+class LinkError(BridgeError):
+    """The broker connection failed or was lost; the message names the broker."""
+
+
+class BrokerLink(Protocol):
+    """One connection to the broker, used for one session's life: messages come in
+    through ``receive``/``take_nowait`` and are acknowledged with ``ack`` on the
+    same link once stored. A fresh link per connection, so the message ids of a
+    dead connection are never acknowledged on a new one."""
+
+    address: str  # host:port, for log lines and errors
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def receive(self) -> Publish:
+        """The next message, waiting for one; ``LinkError`` once the link is lost.
+        Cancelling it loses nothing: a message stays queued until returned."""
+        ...
+
+    def take_nowait(self) -> Publish | None:
+        """The next message already received, or None; never waits."""
+        ...
+
+    def ack(self, messages: Sequence[Publish]) -> None:
+        """Acknowledge messages received on this link, in order."""
+        ...
+
+
+class Delivery(NamedTuple):
+    """A message and the link it came from: what acknowledging it takes."""
+
+    link: BrokerLink
+    message: Publish
+
+
+def subscription_filters(settings: Settings) -> list[str]:
+    """``meter/+`` and ``vehicle/+`` under the prefix, shared when a group is set."""
+    filters = [f"{settings.mqtt.topic_prefix}{stream}/+" for stream in STREAM_NAMES]
+    group = settings.mqtt.shared_group
+    return [f"$share/{group}/{f}" for f in filters] if group else filters
+
+
+def connect_properties(settings: Settings, receive_maximum: int) -> Properties:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    # A non-zero expiry plus clean_start=False keeps the session (subscriptions and
+    # unacknowledged messages) across restarts of the bridge.
+    props.SessionExpiryInterval = settings.mqtt.session_expiry_s
+    props.ReceiveMaximum = receive_maximum
+    return props
+
+
+def tls_options(settings: Settings) -> dict[str, Any] | None:
+    """Keyword arguments of paho's ``tls_set`` (and aiomqtt's ``TLSParameters``),
+    or None without TLS: the server certificate is always verified; only its host
+    name check can be switched off (``tls_insecure``)."""
+    mqtt = settings.mqtt
+    if mqtt.tls_ca_file is None:
+        return None
+    if mqtt.tls_insecure:
+        log.warning("mqtt_tls_insecure", detail="the broker certificate's host name is not checked")
+    return {
+        "ca_certs": mqtt.tls_ca_file,
+        "certfile": mqtt.tls_cert_file,
+        "keyfile": mqtt.tls_key_file,
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "tls_version": ssl.PROTOCOL_TLS_CLIENT,
+    }
