@@ -114,10 +114,19 @@ async def db(pg_dsn: str, schema: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-def bridge_env(pg_dsn: str, broker: tuple[str, int], schema: str, prefix: str, uid: str) -> dict[str, str]:
+def reader(request: pytest.FixtureRequest) -> str:
+    """The daemon's FLEET_BRIDGE_MQTT_READER: "auto" (the fast reader, with this
+    project's paho) unless the test is parametrized with tests.support.helpers.BOTH_READERS."""
+    value: str = getattr(request, "param", "auto")
+    return value
+
+
+@pytest.fixture
+def bridge_env(pg_dsn: str, broker: tuple[str, int], schema: str, prefix: str, uid: str, reader: str) -> dict[str, str]:
     """Environment for a daemon bound to this test's schema, prefix and broker."""
     host, port = broker
     return {
+        "FLEET_BRIDGE_MQTT_READER": reader,
         "FLEET_BRIDGE_DB_DSN": pg_dsn,
         "FLEET_BRIDGE_DB_SCHEMA": schema,
         "FLEET_BRIDGE_MQTT_HOST": host,

@@ -11,9 +11,14 @@ import asyncpg
 import pytest
 
 from tests.support.fleet_data import fleet_messages, publish_paced, wait_stored_exactly
-from tests.support.helpers import BridgeProcess, wait_for
+from tests.support.helpers import BOTH_READERS, BridgeProcess, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.fault,
+    pytest.mark.slow,
+    pytest.mark.parametrize("reader", BOTH_READERS, indirect=True),
+]
 
 
 @pytest.mark.parametrize("round_", range(2))

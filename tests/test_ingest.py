@@ -14,9 +14,13 @@ from paho.mqtt.properties import Properties
 
 from bridge import clock
 from tests.support.fleet_data import assert_stored_exactly, count, fleet_messages, history_total, with_faults
-from tests.support.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
+from tests.support.helpers import BOTH_READERS, BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.clock]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.clock,
+    pytest.mark.parametrize("reader", BOTH_READERS, indirect=True),
+]
 
 
 @pytest.mark.slow

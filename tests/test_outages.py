@@ -15,10 +15,14 @@ import pytest
 
 from bridge import clock
 from tests.support.fleet_data import count, fleet_messages, history_total, wait_stored_exactly
-from tests.support.helpers import BridgeProcess, meter_payload, publish, publish_async, wait_for
+from tests.support.helpers import BOTH_READERS, BridgeProcess, meter_payload, publish, publish_async, wait_for
 from tests.support.services import MosquittoProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.fault,
+    pytest.mark.parametrize("reader", BOTH_READERS, indirect=True),
+]
 
 
 def publish_through_restarts(host: str, port: int, messages: list[tuple[str, bytes]], chunks: int) -> None:

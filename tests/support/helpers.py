@@ -31,6 +31,10 @@ def vehicle_payload(ts: datetime | str | int, kwh: float = 0.45, **extra: object
     return orjson.dumps({"ts": stamp, "kwh_delivered_dc": kwh, **extra})
 
 
+# Modules whose tests must pass with either broker reader parametrize conftest's
+# reader fixture: pytestmark = [..., pytest.mark.parametrize("reader", BOTH_READERS, indirect=True)].
+BOTH_READERS = ("auto", "plain")
+
 # paho's message ids wrap at 65535: wait for acknowledgements before reusing them.
 PUBLISH_WINDOW = 20_000
 
@@ -85,6 +89,15 @@ def run_cli(
         [sys.executable, "-m", module, *args], env={**os.environ, **env}, cwd=ROOT,
         capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
+
+
+async def until(condition: Callable[[], bool], *, timeout: float = 30, what: str = "the condition") -> None:
+    """``wait_for`` for a plain condition on in-process state (checked every 5 ms)."""
+
+    async def check() -> bool:
+        return condition()
+
+    await wait_for(check, timeout=timeout, what=what, every=0.005)
 
 
 class BridgeProcess:
