@@ -26,14 +26,33 @@ REJECT_REASONS = (
 )  # fmt: skip
 
 
+# prometheus_client's Histogram layout that observe_all() writes to directly; checked
+# at import (and by tests/test_units.py against observe() one by one).
+HISTOGRAM_PRIVATE_FIELDS = ("_upper_bounds", "_buckets", "_sum")
+
+
+def _bulk_observe_works() -> bool:
+    probe = Histogram("probe", "", buckets=(1.0,), registry=None)
+    return all(hasattr(probe, field) for field in HISTOGRAM_PRIVATE_FIELDS) and all(
+        hasattr(bucket, "inc") for bucket in probe._buckets  # noqa: SLF001
+    )
+
+
+BULK_OBSERVE = _bulk_observe_works()
+
+
 def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
     """``histogram.observe(v)`` for each value, with one locked update per bucket
     touched instead of two per value: a batch observes two values per reading.
 
-    prometheus_client has no bulk observe, so this uses its Histogram's layout
-    (``_upper_bounds``, per-bucket ``_buckets``, ``_sum``); tests/test_units.py
-    checks the result against ``observe`` one by one.
+    prometheus_client has no bulk observe, so this writes to its Histogram's fields
+    (HISTOGRAM_PRIVATE_FIELDS); where a release no longer has them it observes one
+    value at a time, through the public API.
     """
+    if not BULK_OBSERVE:
+        for value in values:
+            histogram.observe(value)
+        return
     bounds = histogram._upper_bounds  # noqa: SLF001 - see docstring
     for index, count in collections.Counter(bisect.bisect_left(bounds, v) for v in values).items():
         histogram._buckets[index].inc(count)  # noqa: SLF001

@@ -16,7 +16,7 @@ import structlog
 
 from bridge.config import Settings, load_settings
 from bridge.schema.migrate import apply_migrations
-from tests.support.helpers import BridgeProcess
+from tests.support.helpers import UNVERIFIED_PAHO, BridgeProcess
 from tests.support.services import (
     Choice,
     MosquittoProcess,
@@ -113,20 +113,44 @@ async def db(pg_dsn: str, schema: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
+@pytest.fixture(scope="session")
+def unverified_paho(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory that, first on PYTHONPATH, makes the installed paho-mqtt report a
+    release the fast reader was not verified against (as a security release would)."""
+    directory = tmp_path_factory.mktemp("unverified-paho")
+    info = directory / f"paho_mqtt-{UNVERIFIED_PAHO}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: paho-mqtt\nVersion: {UNVERIFIED_PAHO}\n")
+    return directory
+
+
 @pytest.fixture
 def reader(request: pytest.FixtureRequest) -> str:
-    """The daemon's FLEET_BRIDGE_MQTT_READER: "auto" (the fast reader, with this
-    project's paho) unless the test is parametrized with tests.support.helpers.BOTH_READERS."""
-    value: str = getattr(request, "param", "auto")
+    """Which broker reader the daemon runs: "fast" (this project's paho is verified)
+    unless the test is parametrized with tests.support.helpers.BOTH_READERS, whose
+    "unverified-paho" makes the daemon see another paho release, so it runs the plain
+    reader."""
+    value: str = getattr(request, "param", "fast")
     return value
 
 
 @pytest.fixture
-def bridge_env(pg_dsn: str, broker: tuple[str, int], schema: str, prefix: str, uid: str, reader: str) -> dict[str, str]:
+def reader_env(reader: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    if reader == "fast":
+        return {}
+    assert reader == "unverified-paho", reader
+    directory: Path = request.getfixturevalue("unverified_paho")
+    return {"PYTHONPATH": str(directory)}
+
+
+@pytest.fixture
+def bridge_env(
+    pg_dsn: str, broker: tuple[str, int], schema: str, prefix: str, uid: str, reader_env: dict[str, str]
+) -> dict[str, str]:
     """Environment for a daemon bound to this test's schema, prefix and broker."""
     host, port = broker
     return {
-        "FLEET_BRIDGE_MQTT_READER": reader,
+        **reader_env,
         "FLEET_BRIDGE_DB_DSN": pg_dsn,
         "FLEET_BRIDGE_DB_SCHEMA": schema,
         "FLEET_BRIDGE_MQTT_HOST": host,

@@ -124,7 +124,7 @@ async def test_the_fast_reader_keeps_the_broker_link_through_a_long_outage(
     assert "Keep alive timeout" not in bridge.logs()
 
 
-@pytest.mark.parametrize("reader", ["plain"], indirect=True)
+@pytest.mark.parametrize("reader", ["unverified-paho"], indirect=True)
 async def test_the_plain_reader_reconnects_after_a_long_outage_and_loses_nothing(
     pg_dsn: str,
     db: asyncpg.Connection,

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.metrics_core import Metric
 
+from bridge import metrics
 from bridge.ingest.batch import history_columns, split_by_stream
 from bridge.ingest.batcher import FlushPolicy
 from bridge.ingest.parse import Reading
@@ -98,9 +99,26 @@ def test_partition_dates() -> None:
     assert drop_cutoff(today, 400) == today - timedelta(days=401)
 
 
+def test_prometheus_client_has_the_histogram_fields_observe_all_writes_to() -> None:
+    """The installed prometheus-client takes the bulk path; when a release renames
+    one of these fields observe_all() falls back to observe(), and this names it."""
+    probe = Histogram("h", "h", buckets=LAG_BUCKETS, registry=CollectorRegistry())
+    missing = [field for field in metrics.HISTOGRAM_PRIVATE_FIELDS if not hasattr(probe, field)]
+    assert missing == [], f"prometheus_client Histogram lacks {missing}: observe_all() observes one by one"
+    assert metrics.BULK_OBSERVE
+
+
+@pytest.mark.parametrize("bulk_path", [True, False])
 @given(st.lists(st.one_of(st.sampled_from(LAG_BUCKETS), st.floats(-10, 20_000)), max_size=200))
-def test_observe_all_equals_observe_one_by_one(values: list[float]) -> None:
-    """Bucket counts (bounds inclusive, as prometheus_client has them), count and sum match."""
+def test_observe_all_equals_observe_one_by_one(bulk_path: bool, values: list[float]) -> None:
+    """Bucket counts (bounds inclusive, as prometheus_client has them), count and sum
+    match, on the bulk path and on the public-API fallback."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(metrics, "BULK_OBSERVE", bulk_path)
+        check_observe_all(values)
+
+
+def check_observe_all(values: list[float]) -> None:
     one, bulk = (Histogram("h", "h", buckets=LAG_BUCKETS, registry=CollectorRegistry()) for _ in range(2))
     for value in values:
         one.observe(value)

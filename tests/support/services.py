@@ -236,8 +236,9 @@ class PostgresCluster:
     trust authentication, 127.0.0.1 on a free port. As root it belongs to and runs as
     the user ``postgres`` (``initdb`` refuses root)."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, server_settings: Mapping[str, str] | None = None) -> None:
         self.bindir = bindir
+        self.server_settings = dict(server_settings or {})
         self.port = free_port()
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.dir = Path(tempfile.mkdtemp(prefix="fleet-postgres-"))
@@ -261,6 +262,7 @@ class PostgresCluster:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "-N")
         # Throwaway data: nothing needs to survive a crash, so no fsync.
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off -c full_page_writes=off"
+        options += "".join(f" -c {name}={value}" for name, value in self.server_settings.items())
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
 
     def close(self) -> None:
