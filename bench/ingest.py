@@ -39,12 +39,12 @@ from bridge.ingest.writer import Writer
 from bridge.metrics import Health, Metrics
 from bridge.schema.migrate import apply_migrations
 from bridge.schema.partitions import run_maintenance
-from tests.support.helpers import publish
-from tests.support.services import MosquittoProcess, free_port
+from tests.support.helpers import BridgeProcess, publish
+from tests.support.services import ROOT, MosquittoProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 DSN = os.environ.get("FLEET_BRIDGE_DB_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 PREFIX = "bench/"
+LOGS = Path(tempfile.mkdtemp(prefix="bench-ingest-logs-"))
 
 
 def backlog(n: int, devices: int = 10_000) -> list[tuple[str, bytes]]:
@@ -93,9 +93,9 @@ async def history_count(conn: asyncpg.Connection, schema: str) -> int:
 
 
 @contextlib.contextmanager
-def bridge_process(broker: MosquittoProcess, schema: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def bridge_process(broker: MosquittoProcess, schema: str, **env: str) -> Iterator[BridgeProcess]:
+    """The daemon bound to ``schema`` and the benchmark's broker; its log goes to LOGS."""
     full_env = {
-        **os.environ,
         "FLEET_BRIDGE_DB_DSN": DSN,
         "FLEET_BRIDGE_DB_SCHEMA": schema,
         "FLEET_BRIDGE_MQTT_PORT": str(broker.port),
@@ -105,23 +105,11 @@ def bridge_process(broker: MosquittoProcess, schema: str, **env: str) -> Iterato
         "FLEET_BRIDGE_LOG_LEVEL": "warning",
         **env,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "bridge", "run"], env=full_env, cwd=ROOT)
+    proc = BridgeProcess(full_env, LOGS / f"{schema}.log").start()
     try:
         yield proc
     finally:
-        proc.terminate()
-        proc.wait(60)
-
-
-async def wait_ready(port: int) -> None:
-    import urllib.request
-
-    for _ in range(600):
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-            if resp.status == 200:
-                return
-        await asyncio.sleep(0.1)
-    raise RuntimeError("bridge never became ready")
+        proc.stop()
 
 
 class Sampler:
@@ -147,15 +135,15 @@ async def bridge_drain(broker: MosquittoProcess, messages: list[tuple[str, bytes
     """Queue the backlog in a stopped bridge's session, start it, time the drain."""
     schema = "bench_drain"
     await fresh_schema(schema)
-    port = free_port()
-    with bridge_process(broker, schema, FLEET_BRIDGE_METRICS_PORT=str(port)):
-        await wait_ready(port)  # session and subscriptions exist now
+    with bridge_process(broker, schema) as bridge:
+        await bridge.wait_ready()  # session and subscriptions exist now
     await asyncio.to_thread(publish, broker.host, broker.port, messages, timeout=3600)
     conn = await asyncpg.connect(DSN)
     try:
         started = time.perf_counter()
-        with bridge_process(broker, schema, FLEET_BRIDGE_METRICS_PORT=str(port)) as proc:
-            sampler = Sampler(proc.pid)
+        with bridge_process(broker, schema) as bridge:
+            assert bridge.proc is not None
+            sampler = Sampler(bridge.proc.pid)
             while await history_count(conn, schema) < len(messages):
                 sampler.sample()
                 await asyncio.sleep(0.2)
@@ -287,15 +275,13 @@ def histogram_quantile(text: str, name: str, q: float) -> float:
 
 async def steady_state(broker: MosquittoProcess, pairs: int, minutes: float) -> dict[str, float]:
     """The full fleet in real time: loadgen publishes, the bridge (default settings) keeps up."""
-    import urllib.request
-
     schema = "bench_steady"
     await fresh_schema(schema)
-    port = free_port()
     env = {**os.environ, "FLEET_BRIDGE_MQTT_PORT": str(broker.port), "FLEET_BRIDGE_MQTT_TOPIC_PREFIX": PREFIX}
-    with bridge_process(broker, schema, FLEET_BRIDGE_METRICS_PORT=str(port)) as proc:
-        await wait_ready(port)
-        sampler = Sampler(proc.pid)
+    with bridge_process(broker, schema) as bridge:
+        await bridge.wait_ready()
+        assert bridge.proc is not None
+        sampler = Sampler(bridge.proc.pid)
         started = time.perf_counter()
         out_dir = tempfile.mkdtemp(prefix="bench-steady-")
         loadgen = subprocess.Popen(
@@ -308,8 +294,7 @@ async def steady_state(broker: MosquittoProcess, pairs: int, minutes: float) -> 
             await asyncio.sleep(1)
         await asyncio.sleep(2)
         elapsed = time.perf_counter() - started
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
+        text = bridge.http_get("/metrics")[1]
         cpu = sampler.cpu_seconds()
     conn = await asyncpg.connect(DSN)
     await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

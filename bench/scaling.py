@@ -32,10 +32,9 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,10 +49,9 @@ from paho.mqtt.properties import Properties
 
 from bridge.schema.migrate import apply_migrations
 from bridge.schema.partitions import run_maintenance
-from tests.support.helpers import publish
-from tests.support.services import MosquittoProcess, free_port
+from tests.support.helpers import BridgeProcess, publish
+from tests.support.services import MosquittoProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 DSN = os.environ.get("FLEET_BRIDGE_DB_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 SCHEMA = "bench_scaling"
 DEVICES = 10_000  # pairs: the contract's fleet, one meter and one vehicle reading per minute each
@@ -76,42 +74,25 @@ def backlog(prefix: str, n: int) -> list[tuple[str, bytes]]:
 @dataclasses.dataclass
 class Replica:
     client_id: str
-    env: dict[str, str]
-    metrics_port: int
-    proc: subprocess.Popen[bytes] | None = None
+    bridge: BridgeProcess
     cpu: psutil.Process | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "run"], env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL
-        )
-        self.cpu = psutil.Process(self.proc.pid)
-
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+        self.bridge.start()
+        assert self.bridge.proc is not None
+        self.cpu = psutil.Process(self.bridge.proc.pid)
 
     def cpu_seconds(self) -> float:
         assert self.cpu is not None
         times = self.cpu.cpu_times()
         return float(times.user + times.system)
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(60)
-            self.proc = None
-
 
 def replicas_for(broker: MosquittoProcess, run: str, count: int, prefix: str) -> list[Replica]:
+    logs = Path(tempfile.mkdtemp(prefix=f"bench-scaling-{run}-"))
     out = []
     for n in range(count):
-        port = free_port()
         env = {
-            **os.environ,
             "FLEET_BRIDGE_DB_DSN": DSN,
             "FLEET_BRIDGE_DB_SCHEMA": SCHEMA,
             "FLEET_BRIDGE_MQTT_PORT": str(broker.port),
@@ -119,19 +100,14 @@ def replicas_for(broker: MosquittoProcess, run: str, count: int, prefix: str) ->
             "FLEET_BRIDGE_MQTT_SHARED_GROUP": f"bench-{run}",
             "FLEET_BRIDGE_MQTT_TOPIC_PREFIX": prefix,
             "FLEET_BRIDGE_METRICS_HOST": "127.0.0.1",
-            "FLEET_BRIDGE_METRICS_PORT": str(port),
             "FLEET_BRIDGE_LOG_LEVEL": "warning",
         }
-        out.append(Replica(f"bench-{run}-{n}", env, port))
+        out.append(Replica(f"bench-{run}-{n}", BridgeProcess(env, logs / f"replica-{n}.log")))
     return out
 
 
 async def wait_ready(replicas: list[Replica]) -> None:
-    deadline = time.monotonic() + 120
-    while not all(await asyncio.gather(*(asyncio.to_thread(r.ready) for r in replicas))):
-        if time.monotonic() > deadline:
-            raise RuntimeError("replicas never became ready")
-        await asyncio.sleep(0.1)
+    await asyncio.gather(*(r.bridge.wait_ready(timeout=120) for r in replicas))
 
 
 def forget_session(broker: MosquittoProcess, client_id: str) -> None:
@@ -199,7 +175,7 @@ async def measure(broker: MosquittoProcess, count: int, readings: int) -> Result
             r.start()
         await wait_ready(replicas)
         for r in replicas:
-            r.stop()
+            r.bridge.stop()
         messages = backlog(prefix, readings)
         published = time.perf_counter()
         await asyncio.to_thread(publish, broker.host, broker.port, messages, timeout=3600)
@@ -232,7 +208,7 @@ async def measure(broker: MosquittoProcess, count: int, readings: int) -> Result
         machine_busy = busy_seconds() - machine_busy
     finally:
         for r in replicas:
-            r.stop()
+            r.bridge.stop()
             forget_session(broker, r.client_id)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
         await conn.close()

@@ -34,7 +34,8 @@ HISTOGRAM_PRIVATE_FIELDS = ("_upper_bounds", "_buckets", "_sum")
 def _bulk_observe_works() -> bool:
     probe = Histogram("probe", "", buckets=(1.0,), registry=None)
     return all(hasattr(probe, field) for field in HISTOGRAM_PRIVATE_FIELDS) and all(
-        hasattr(bucket, "inc") for bucket in probe._buckets  # noqa: SLF001
+        hasattr(bucket, "inc")
+        for bucket in probe._buckets  # noqa: SLF001
     )
 
 

@@ -142,9 +142,8 @@ class RunOutcome:
 
 class _Publisher:
     """A paho client driven from the publishing thread itself, without paho's
-    network thread: measured here, QoS 1 with the network thread reached about
-    3,500 msg/s (the two threads contend for locks and the GIL), driven inline
-    about 19,000."""
+    network thread: with it, the two threads contend for locks and the GIL, and
+    QoS 1 publishing is several times slower (docs/loadgen.md)."""
 
     def __init__(self, broker: BrokerTarget, client_id: str) -> None:
         self.sent = 0

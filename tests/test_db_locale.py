@@ -86,8 +86,8 @@ async def test_a_dropped_partition_is_made_again_whatever_the_server_language(
         await publish_async(*broker, [(f"{prefix}meter/MTR-{n}", meter_payload(day)) for n in range(2, 6)])
         await wait_for(lambda: stored(4), timeout=60, what="the readings after the drop")
         assert await count(conn, schema, "ingest_rejects") == 0
-        assert bridge.metric("fleet_bridge_db_errors_total", 'kind="transient"') >= 1
-        assert bridge.metric("fleet_bridge_db_errors_total", 'kind="permanent"') == 0
+        assert bridge.metric("fleet_bridge_db_errors_total", kind="transient") >= 1
+        assert bridge.metric("fleet_bridge_db_errors_total", kind="permanent") == 0
     finally:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()

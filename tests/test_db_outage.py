@@ -62,7 +62,7 @@ async def test_database_outage_of_30_seconds(
             await asyncio.sleep(0.2)
         status, body = await asyncio.to_thread(bridge.http_get, "/readyz")
         assert status == 503, body
-        assert bridge.metric("fleet_bridge_db_errors_total", 'kind="transient"') >= 1
+        assert bridge.metric("fleet_bridge_db_errors_total", kind="transient") >= 1
         await proxy.restore()
         await asyncio.to_thread(publisher.join)
 

@@ -13,10 +13,9 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import clock
-from tests.support.helpers import BridgeProcess, meter_payload, publish_async, vehicle_payload, wait_for
+from tests.support.helpers import BridgeProcess, Scrape, meter_payload, publish_async, vehicle_payload, wait_for
 from tests.support.tcp_proxy import TcpProxy, through_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.clock]
@@ -42,44 +41,6 @@ CONTRACT_METRICS = {
 STREAMS = ("meter", "vehicle")
 STALE_AFTER_S = 240  # between the fresh readings (seconds old) and the old ones (10 min)
 OLD = timedelta(minutes=10)
-
-
-class Scrape:
-    """One /metrics response, parsed."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.families = {f.name: f for f in text_string_to_metric_families(text)}
-
-    def value(self, sample: str, **labels: str) -> float:
-        """Sum of the samples named ``sample`` whose labels include ``labels``."""
-        return sum(
-            s.value
-            for f in self.families.values()
-            for s in f.samples
-            if s.name == sample and labels.items() <= s.labels.items()
-        )
-
-    def bucket(self, histogram: str, le: float, **labels: str) -> float:
-        """The cumulative count of one histogram bucket."""
-        (count,) = [
-            s.value
-            for s in self.families[histogram].samples
-            if s.name == histogram + "_bucket" and float(s.labels["le"]) == le and labels.items() <= s.labels.items()
-        ]
-        return count
-
-    def by_label(self, sample: str, label: str) -> dict[str, float]:
-        """Non-zero samples of ``sample`` keyed by one label's value."""
-        return {
-            s.labels[label]: s.value for f in self.families.values() for s in f.samples if s.name == sample and s.value
-        }
-
-
-async def scrape(bridge: BridgeProcess) -> Scrape:
-    status, body = await asyncio.to_thread(bridge.http_get, "/metrics")
-    assert status == 200
-    return Scrape(body)
 
 
 def load_with_faults(prefix: str, now: datetime) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
@@ -137,7 +98,7 @@ async def test_metrics_after_a_load_agree_with_the_database(
     last: list[Scrape] = []
 
     async def settled() -> bool:
-        last[:] = [await scrape(bridge)]
+        last[:] = [await asyncio.to_thread(bridge.scrape)]
         m = last[0]
         return (
             m.value("fleet_bridge_messages_received_total") == expected["received"]

@@ -97,7 +97,7 @@ async def test_constraint_violation_rejects_only_the_bad_row(
     assert reject is not None
     assert (reject["topic"], bytes(reject["payload"]), reject["reason"]) == (poison[0], poison[1], "db_error")
     assert "23514" in reject["detail"]
-    assert bridge.metric("fleet_bridge_db_errors_total", 'kind="permanent"') >= 1
+    assert bridge.metric("fleet_bridge_db_errors_total", kind="permanent") >= 1
 
     later = (f"{prefix}meter/AFTER", meter_payload(now + timedelta(seconds=1), 2.0))
     await publish_async(*broker, [later])

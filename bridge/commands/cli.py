@@ -24,7 +24,7 @@ from bridge.commands.report import add_report_arguments, cmd_report
 from bridge.commands.status import fetch_status, render_json, render_table
 from bridge.config import Settings, load_settings
 from bridge.db import connect
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
 from bridge.ingest.link import tls_options
 from bridge.ingest.service import run_daemon
 from bridge.logs import configure_logging
@@ -34,7 +34,6 @@ from bridge.schema.partitions import run_maintenance
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 GC_THRESHOLD = 50_000  # allocations between collections of the youngest generation (see below)
 
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
@@ -90,9 +89,9 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def collect_garbage_less_often() -> None:
     """The ingest path allocates a few objects per message, nearly all freed by
     reference counting. At the default threshold (700 allocations) the cyclic
-    collector ran about 90 times a second during a backlog drain, about 6 % of the
-    process's CPU; at 50,000 it runs a few times a minute. Start-up's objects are
-    frozen out of every later collection."""
+    collector runs many times a second while draining a backlog, a visible share
+    of the process's CPU (docs/benchmarks.md); at 50,000 it runs a few times a
+    minute. Start-up's objects are frozen out of every later collection."""
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
@@ -227,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
-    except (BridgeError, OSError, Exception) as exc:
+    except Exception as exc:
         if args.debug:
             raise
         print(f"fleet-bridge {args.command}: {type(exc).__name__}: {redact(str(exc), secrets)}", file=sys.stderr)

@@ -18,7 +18,7 @@ from typing import Final
 from bridge import clock
 from bridge.config import Settings
 from bridge.db import Conn, connect, qualified
-from bridge.errors import BridgeError
+from bridge.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BridgeError
 from bridge.ingest.parse import DEVICE_ID
 
 __all__ = [
@@ -116,14 +116,14 @@ async def cmd_mapping_import(settings: Settings, args: argparse.Namespace) -> in
             pairs = parse_mapping(handle)
     except (OSError, UnicodeDecodeError) as exc:
         print(f"fleet-bridge mapping import: cannot read {path}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except MappingFileError as exc:
         for problem in exc.problems:
             print(f"{path}: {problem}", file=sys.stderr)
         print(
             f"fleet-bridge mapping import: {len(exc.problems)} problem(s) in {path}; nothing imported", file=sys.stderr
         )
-        return 1
+        return EXIT_FAILURE
     conn = await connect(settings)
     try:
         result = await upsert_mapping(conn, settings.db.schema, pairs)
@@ -133,4 +133,4 @@ async def cmd_mapping_import(settings: Settings, args: argparse.Namespace) -> in
         f"imported {len(pairs)} mapping row(s) from {path}: "
         f"{result.added} added, {result.changed} changed, {result.unchanged} unchanged"
     )
-    return 0
+    return EXIT_OK

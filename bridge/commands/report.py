@@ -21,6 +21,7 @@ import orjson
 from bridge.analytics.report import EfficiencyRow, UnmappedVehicleError, fleet_report, vehicle_report
 from bridge.config import Settings
 from bridge.db import connect
+from bridge.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from bridge.ingest.parse import DEVICE_ID
 
 __all__ = [
@@ -207,10 +208,10 @@ async def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     """Print the report; exit 2 on a bad range or a missing plot extra, 1 for an unmapped vehicle."""
     if args.start >= args.end:
         print("fleet-bridge report: --from must be before --to (the range [from, to) is empty)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.plot is not None and not _plot_available():
         print(f"fleet-bridge report: {PLOT_MISSING}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     conn = await connect(settings)
     try:
         if args.vehicle is None:
@@ -219,7 +220,7 @@ async def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
             rows = await vehicle_report(conn, settings.db.schema, args.vehicle, args.start, args.end)
     except UnmappedVehicleError as exc:
         print(f"fleet-bridge report: {exc} (load one with: fleet-bridge mapping import FILE.csv)", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     finally:
         await conn.close()
     formatter = {"table": format_table, "csv": format_csv, "json": format_json}[args.format]
@@ -228,4 +229,4 @@ async def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         who = args.vehicle or f"fleet ({len({row.vehicle_id for row in rows})} vehicles)"
         plot_report(rows, args.plot, f"Charging efficiency, {who}, {rfc3339(args.start)} to {rfc3339(args.end)}")
         print(f"plot written to {args.plot}", file=sys.stderr)
-    return 0
+    return EXIT_OK

@@ -33,7 +33,8 @@ class Reading(NamedTuple):
     """One valid reading; ``values`` follow ``stream.value_fields``.
 
     A NamedTuple, not a frozen dataclass: one is built per message, and a frozen
-    dataclass sets each field through ``object.__setattr__`` (3x slower).
+    dataclass sets each field through ``object.__setattr__``, which costs several
+    times more (docs/benchmarks.md).
     """
 
     stream: StreamSpec

@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.services import ROOT, free_port
 
@@ -101,6 +102,38 @@ async def until(condition: Callable[[], bool], *, timeout: float = 30, what: str
     await wait_for(check, timeout=timeout, what=what, every=0.005)
 
 
+class Scrape:
+    """One /metrics response, parsed."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    def value(self, sample: str, **labels: str) -> float:
+        """Sum of the samples named ``sample`` whose labels include ``labels``."""
+        return sum(
+            s.value
+            for f in self.families.values()
+            for s in f.samples
+            if s.name == sample and labels.items() <= s.labels.items()
+        )
+
+    def bucket(self, histogram: str, le: float, **labels: str) -> float:
+        """The cumulative count of one histogram bucket."""
+        (count,) = [
+            s.value
+            for s in self.families[histogram].samples
+            if s.name == histogram + "_bucket" and float(s.labels["le"]) == le and labels.items() <= s.labels.items()
+        ]
+        return count
+
+    def by_label(self, sample: str, label: str) -> dict[str, float]:
+        """Non-zero samples of ``sample`` keyed by one label's value."""
+        return {
+            s.labels[label]: s.value for f in self.families.values() for s in f.samples if s.name == sample and s.value
+        }
+
+
 class BridgeProcess:
     """The real daemon (``python -m bridge run``) in a subprocess."""
 
@@ -138,16 +171,14 @@ class BridgeProcess:
 
         await wait_for(ready, timeout=timeout, what="bridge /readyz")
 
-    def metrics(self) -> str:
-        return self.http_get("/metrics")[1]
+    def scrape(self) -> Scrape:
+        status, body = self.http_get("/metrics")
+        assert status == 200, body
+        return Scrape(body)
 
-    def metric(self, name: str, labels: str = "") -> float:
-        """Sum of the samples of ``name`` whose label text contains ``labels``."""
-        total = 0.0
-        for line in self.metrics().splitlines():
-            if line.startswith(name) and (line[len(name)] in "{ ") and labels in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples named ``name`` whose labels include ``labels``."""
+        return self.scrape().value(name, **labels)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
