@@ -14,24 +14,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.ingest.wire import Malformed, Publish, split_packets
+from tests.support.fake_broker import packet
 
 pytestmark = pytest.mark.unit
 
 PINGRESP = (0xD0, b"")
 SUBACK = (0x90, b"\x00\x01\x00\x01")  # packet id 1, no properties, granted QoS 1
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def packet(header: int, body: bytes) -> bytes:
-    return bytes([header]) + varint(len(body)) + body
 
 
 def publish_body(topic: str, payload: bytes, *, qos: int, mid: int, properties: bytes = b"\x00") -> bytes:
