@@ -148,6 +148,10 @@ class MqttSettings:
     session_expiry_s: int = _setting(7 * 24 * 3600, _between(60, 0xFFFFFFFE))
     # auto: the fast reader where the installed paho-mqtt is verified, else the plain one.
     reader: str = _setting("auto", _one_of("auto", "plain"))
+    # On a graceful stop in a shared group: leave the group, drain the session, end it.
+    leave_group_on_stop: bool = _setting(True)
+    # On a graceful stop, how long storing and acknowledging what is held may take.
+    drain_timeout_s: float = _setting(60.0, _between(1, 3600))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ import pytest
 from bridge.config import Settings, load_settings
 from bridge.ingest.batch import Batch
 from bridge.ingest.inflight import InflightWindow
+from bridge.ingest.intake import Departure, Outcome
 from bridge.ingest.link import LinkError, Publish
 from bridge.ingest.service import Bridge
 from bridge.ingest.store import WriteOutcome
@@ -37,8 +38,13 @@ class FakeLink:
 
     def __init__(self, window: InflightWindow, name: str) -> None:
         self.address = name
+        self.marker_topic = f"fleet-bridge/drain/{name}"
         self.window = window
         self.acked: list[int] = []
+        self.ended_session: bool | None = None  # how it was closed, once it was
+        self.session_present = True
+        self.left = False
+        self.announced_leaving = False
         self.opened = asyncio.Event()
         self.closed = asyncio.Event()
         self._queue: collections.deque[Publish] = collections.deque()
@@ -56,10 +62,24 @@ class FakeLink:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        await self.close()
+
+    async def close(self, *, end_session: bool = False) -> None:
+        if self.ended_session is None:
+            self.ended_session = end_session
         self._up = False
         self.window.release(len(self._queue))
         self._queue.clear()
         self.closed.set()
+
+    async def announce_leaving(self) -> None:
+        self.announced_leaving = True
+
+    async def leave(self, token: str) -> list[str]:
+        """As the broker does: the marker comes back behind what the session held."""
+        self.left = True
+        self.deliver([Publish(self.marker_topic, token.encode(), 65000, 1)])
+        return []
 
     def deliver(self, messages: Sequence[Publish]) -> None:
         self._queue.extend(messages)
@@ -105,11 +125,25 @@ class FakeWriter:
 
 class Harness:
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.links: list[FakeLink] = []
         self.writer = FakeWriter()
         self.metrics = Metrics()
-        self.bridge = Bridge(settings, open_link=self._open, writer=self.writer, metrics=self.metrics, health=Health())
+        self.others_in_group = 1
+        departure = Departure(
+            leave_group=settings.mqtt.shared_group is not None,
+            timeout_s=settings.mqtt.drain_timeout_s,
+            others_in_group=self._others_in_group,
+        )
+        self.bridge = Bridge(
+            settings, open_link=self._open, writer=self.writer, metrics=self.metrics, health=Health(),
+            departure=departure,
+        )  # fmt: skip
         self.stop = asyncio.Event()
+        self.running: asyncio.Task[Outcome] | None = None
+
+    async def _others_in_group(self) -> int:
+        return self.others_in_group
 
     def _open(self, window: InflightWindow) -> FakeLink:
         link = FakeLink(window, f"fake-{len(self.links)}")
@@ -122,15 +156,20 @@ class Harness:
         return self.links[index]
 
 
+SETTINGS = {"FLEET_BRIDGE_BATCH_MAX_ROWS": "5", "FLEET_BRIDGE_BATCH_MAX_DELAY_MS": "50"}
+IN_A_GROUP = {**SETTINGS, "FLEET_BRIDGE_MQTT_SHARED_GROUP": "fleet", "FLEET_BRIDGE_MQTT_DRAIN_TIMEOUT_S": "1"}
+
+
 @pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    settings = load_settings(environ={"FLEET_BRIDGE_BATCH_MAX_ROWS": "5", "FLEET_BRIDGE_BATCH_MAX_DELAY_MS": "50"})
-    made = Harness(settings)
-    running = asyncio.create_task(made.bridge.run(made.stop))
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """The pipeline running; ``@pytest.mark.parametrize("harness", [env], indirect=True)``
+    for other settings."""
+    made = Harness(load_settings(environ=getattr(request, "param", SETTINGS)))
+    made.running = asyncio.create_task(made.bridge.run(made.stop))
     yield made
     made.stop.set()
     made.writer.gate.set()
-    await asyncio.wait_for(running, WAIT_S)
+    await asyncio.wait_for(made.running, WAIT_S)
 
 
 async def test_messages_are_acknowledged_only_after_their_batch_committed(harness: Harness) -> None:
@@ -201,3 +240,53 @@ async def test_acknowledged_messages_leave_the_window_and_wake_a_paused_reader(h
     assert woken
     assert all(held <= window.capacity // 2 for held in woken)
     assert harness.metrics.registry.get_sample_value("fleet_bridge_inflight_messages") == 0
+
+
+@pytest.mark.parametrize("harness", [IN_A_GROUP], indirect=True)
+async def test_leaving_a_shared_group_drains_the_session_before_ending_it(harness: Harness) -> None:
+    """Stopped in a shared group, the pipeline leaves it: what the session held up to
+    the drain marker is committed and acknowledged (the marker too), and only then
+    is the session ended."""
+    link = await harness.link(0)
+    link.deliver([reading(n) for n in range(1, 8)])
+    harness.stop.set()
+    assert harness.running is not None
+    assert await asyncio.wait_for(harness.running, WAIT_S) is Outcome.ENDED
+    assert link.announced_leaving
+    assert [mid for mid in link.acked if mid != 65000] == list(range(1, 8))
+    assert 65000 in link.acked  # the marker: no reading, acknowledged when taken
+    assert link.ended_session is True
+    assert harness.bridge.window.held == 0
+
+
+@pytest.mark.parametrize("harness", [IN_A_GROUP], indirect=True)
+async def test_a_departure_that_cannot_finish_keeps_the_session_and_acknowledges_nothing(harness: Harness) -> None:
+    """With the database away, the deadline passes: the pipeline says UNSETTLED, the
+    session is kept (not ended) and nothing that was not stored is acknowledged."""
+    harness.writer.gate.clear()
+    link = await harness.link(0)
+    link.deliver([reading(n) for n in range(1, 4)])
+    await until(lambda: harness.writer.started == [[1, 2, 3]])
+    harness.stop.set()
+    assert harness.running is not None
+    assert await asyncio.wait_for(harness.running, WAIT_S) is Outcome.UNSETTLED
+    assert link.ended_session is False
+    assert link.acked == [65000]  # the drain marker only: no reading was stored
+    assert harness.writer.committed == []
+
+
+@pytest.mark.parametrize("harness", [IN_A_GROUP], indirect=True)
+async def test_the_last_member_of_a_group_keeps_its_session_subscribed(harness: Harness) -> None:
+    """With no other member of the group online, leaving would leave the group with
+    no subscriber, and the broker would drop its readings: the replica acknowledges
+    what it took and disconnects keeping its session (and subscription)."""
+    harness.others_in_group = 0
+    link = await harness.link(0)
+    link.deliver([reading(n) for n in range(1, 4)])
+    harness.stop.set()
+    assert harness.running is not None
+    assert await asyncio.wait_for(harness.running, WAIT_S) is Outcome.KEPT
+    assert link.acked == [1, 2, 3]
+    assert link.ended_session is False
+    assert link.announced_leaving
+    assert not link.left

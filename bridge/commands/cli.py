@@ -19,6 +19,7 @@ import aiomqtt
 import structlog
 
 from bridge import __version__
+from bridge.commands.adopt import add_adopt_arguments, cmd_adopt_session
 from bridge.commands.mapping import add_import_arguments, cmd_mapping_import
 from bridge.commands.report import add_report_arguments, cmd_report
 from bridge.commands.status import fetch_status, render_json, render_table
@@ -201,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = add("status", cmd_status, "fleet right now from the hot tables: devices reporting, stale, AC/DC power")
     status.add_argument("--format", choices=["table", "json"], default="table", help="output format")
     add_report_arguments(add("report", cmd_report, "hourly charging efficiency (DC / AC) per vehicle"))
+    adopt_help = "store what a replica that will not return left in its MQTT session, then end the session"
+    add_adopt_arguments(add("adopt-session", cmd_adopt_session, adopt_help))
     # `mapping` has one action so far, `import`; the nested parser makes it required.
     mapping = add("mapping", cmd_mapping_import, "manage the vehicle-to-meter mapping")
     actions = mapping.add_subparsers(dest="mapping_command", required=True, metavar="ACTION")

@@ -37,7 +37,7 @@ class FastLink(PahoLink):
     _inbox: bytearray  # read from the socket, not yet split into packets
     _own_reader = False
 
-    def _on_subscribed(self) -> None:
+    def _on_gated(self) -> None:
         # Only now, not at connect: until the SUBACK is in, paho's own reader takes
         # what the session had queued (at most ReceiveMaximum messages).
         self._inbox = bytearray()

@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self
+from urllib.parse import quote
 
 import structlog
 from paho.mqtt.packettypes import PacketTypes
@@ -29,6 +30,7 @@ __all__ = [
     "LinkError",
     "Publish",
     "connect_properties",
+    "control_topic",
     "subscription_filters",
     "tls_options",
 ]
@@ -49,6 +51,8 @@ class BrokerLink(Protocol):
     dead connection are never acknowledged on a new one."""
 
     address: str  # host:port, for log lines and errors
+    marker_topic: str  # where this session's drain marker comes back (see leave)
+    session_present: bool  # the broker had a session for this client id when it connected
 
     @property
     def connected(self) -> bool: ...
@@ -72,12 +76,31 @@ class BrokerLink(Protocol):
         """Acknowledge messages received on this link, in order."""
         ...
 
+    async def announce_leaving(self) -> None:
+        """Say (retained, on this replica's presence topic) that it is leaving its group."""
+        ...
+
+    async def leave(self, token: str) -> list[str]:
+        """Unsubscribe and queue a drain marker carrying ``token`` on ``marker_topic``;
+        returns the filters this session had no subscription to."""
+        ...
+
+    async def close(self, *, end_session: bool = False) -> None:
+        """Disconnect; ``end_session`` ends the session at the broker too."""
+        ...
+
 
 class Delivery(NamedTuple):
     """A message and the link it came from: what acknowledging it takes."""
 
     link: BrokerLink
     message: Publish
+
+
+def control_topic(kind: str, client_id: str) -> str:
+    """``fleet-bridge/<kind>/<client id>`` (presence, drain markers), the client id
+    made safe for a topic name. These topics take no prefix."""
+    return f"fleet-bridge/{kind}/{quote(client_id, safe='')}"
 
 
 def subscription_filters(settings: Settings) -> list[str]:

@@ -4,7 +4,8 @@ socket callbacks), for one connection with a persistent MQTT v5 session and
 manual acknowledgement.
 
 What both readers share lives here: connecting and subscribing, the queue of
-received messages, the read gate of the in-flight window, keepalive, and leaving.
+received messages, the read gate of the in-flight window, keepalive, presence,
+and leaving a shared group without stranding anything.
 Subclasses decide how the socket is read once subscribed and how messages are
 acknowledged (bridge/ingest/fast_link.py, bridge/ingest/plain_link.py).
 """
@@ -30,7 +31,16 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.config import Settings
 from bridge.ingest.inflight import InflightWindow
-from bridge.ingest.link import QOS, LinkError, Publish, connect_properties, subscription_filters, tls_options
+from bridge.ingest.link import (
+    QOS,
+    LinkError,
+    Publish,
+    connect_properties,
+    control_topic,
+    subscription_filters,
+    tls_options,
+)
+from bridge.ingest.presence import LEAVING, OFFLINE, ONLINE, State, announcement
 
 __all__ = ["PahoLink"]
 
@@ -42,25 +52,33 @@ SUBSCRIBE_TIMEOUT_S = 60
 DISCONNECT_TIMEOUT_S = 10
 MISC_INTERVAL_S = 1.0  # how often paho checks keepalive (as aiomqtt does)
 MQTT_RECEIVE_MAXIMUM_LIMIT = 65535
+NO_SUBSCRIPTION_EXISTED = 0x11  # UNSUBACK reason code (MQTT 5, 3.11.2.2)
 
 
 class PahoLink:
     """One connection to the broker (see bridge.ingest.link.BrokerLink)."""
 
-    def __init__(self, settings: Settings, window: InflightWindow, *, client_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, window: InflightWindow, *, adopt: str | None = None) -> None:
+        """A link for the daemon's own session; with ``adopt``, for the session of that
+        client id instead (fleet-bridge adopt-session): no subscription, no presence."""
         mqtt = settings.mqtt
         self._settings = settings
         self._window = window
         self.address = f"{mqtt.host}:{mqtt.port}"
-        self._client_id = client_id or mqtt.client_id
+        self._adopting = adopt is not None
+        self._client_id = adopt or mqtt.client_id
+        self.marker_topic = control_topic("drain", self._client_id)
+        self._presence_topic = control_topic("presence", self._client_id)
+        self.session_present = False
         self._received: collections.deque[Publish] = collections.deque()
         self._arrival: asyncio.Future[None] | None = None  # set when _received gains messages
         self._loop = asyncio.get_running_loop()
         self._connected: asyncio.Future[None] = self._loop.create_future()
         self._disconnected: asyncio.Future[None] = self._loop.create_future()
         self._acks: dict[int, asyncio.Future[list[ReasonCode]]] = {}  # SUBACK/UNSUBACK by packet id
+        self._published: dict[int, asyncio.Future[None]] = {}  # PUBACK by packet id
         self._fileno = -1
-        self._gated = False  # True once subscribed: reads then follow the window
+        self._gated = False  # True once subscribed (or adopting): reads then follow the window
         self._paused = False
         self._misc: asyncio.Task[None] | None = None
         self._stop_room_watch: Callable[[], None] | None = None
@@ -78,10 +96,14 @@ class PahoLink:
         if options is not None:
             client.tls_set(**options)
             client.tls_insecure_set(mqtt.tls_insecure)
+        if not self._adopting:
+            # A replica that dies says so to `fleet-bridge adopt-session`, through the broker.
+            client.will_set(self._presence_topic, self._announcement(OFFLINE), qos=QOS, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_ack
         client.on_unsubscribe = self._on_ack
+        client.on_publish = self._on_publish
         client.on_message = self._on_paho_message
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
@@ -100,8 +122,12 @@ class PahoLink:
     async def __aenter__(self) -> Self:
         await self.connect()
         try:
-            # Always subscribe: a no-op for a live session, a restore for a lost one.
-            await self.subscribe(subscription_filters(self._settings))
+            if self._adopting:
+                self._gate()
+            else:
+                self.client.publish(self._presence_topic, self._announcement(ONLINE), qos=QOS, retain=True)
+                # Always subscribe: a no-op for a live session, a restore for a lost one.
+                await self.subscribe(subscription_filters(self._settings))
         except BaseException:
             await self.close()  # do not leave it connected
             raise
@@ -159,15 +185,48 @@ class PahoLink:
         refused = [f"{f} ({code})" for f, code in zip(filters, codes, strict=False) if code.is_failure]
         if refused:
             raise LinkError(f"the broker {self.address} refused the subscription to {', '.join(refused)}")
-        self._gated = True
-        self._stop_room_watch = self._window.on_room(self._resume)
-        self._on_subscribed()
+        self._gate()
+
+    async def announce_leaving(self) -> None:
+        info = self.client.publish(self._presence_topic, self._announcement(LEAVING), qos=QOS, retain=True)
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._published[info.mid] = future
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                await future
+        finally:
+            self._published.pop(info.mid, None)
+
+    async def leave(self, token: str) -> list[str]:
+        """Leave the shared group without stranding anything: UNSUBSCRIBE (the broker
+        assigns nothing more to this session, and keeps what it already holds for it),
+        then queue a marker behind what the session still holds, on a topic only this
+        session subscribes to. Once the marker comes back, everything queued before it
+        has been received (its payload is ``token``). Returns the filters that had
+        no subscription in this session."""
+        filters = subscription_filters(self._settings)
+        _, mid = self.client.unsubscribe(filters)
+        codes = await self._await_ack(mid, "UNSUBSCRIBE")
+        missing = [f for f, code in zip(filters, codes, strict=False) if code.value == NO_SUBSCRIPTION_EXISTED]
+        await self.subscribe([self.marker_topic])
+        self.client.publish(self.marker_topic, token, qos=QOS)
+        return missing
+
+    def _gate(self) -> None:
+        """From now on the window decides when the socket is read."""
+        if not self._gated:
+            self._gated = True
+            self._stop_room_watch = self._window.on_room(self._resume)
+            self._on_gated()
 
     async def close(self, *, end_session: bool = False) -> None:
         """Disconnect; ``end_session`` also ends the session at the broker (session
         expiry 0), with whatever it still holds. Messages received but not taken
         leave the window: the broker redelivers them to the next session."""
         if self.connected:
+            if not self._adopting:
+                # A normal DISCONNECT suppresses the will: say it ourselves.
+                self.client.publish(self._presence_topic, self._announcement(OFFLINE), qos=QOS, retain=True)
             properties = None
             if end_session:
                 properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
@@ -218,16 +277,20 @@ class PahoLink:
         if not self._disconnected.done():
             self._disconnected.set_result(None)
 
+    def _announcement(self, state: State) -> bytes:
+        return announcement(state, self._settings.mqtt.shared_group)
+
     # --- paho callbacks -----------------------------------------------------------
 
     def _on_connect(
-        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Properties | None
+        self, _client: paho.Client, _userdata: Any, flags: Any, reason: ReasonCode, _props: Properties | None
     ) -> None:
         if self._connected.done():
             return
         if reason.is_failure:
             self._connected.set_exception(LinkError(f"the broker {self.address} refused the connection: {reason}"))
         else:
+            self.session_present = bool(flags.session_present)
             self._connected.set_result(None)
 
     def _on_disconnect(
@@ -247,6 +310,13 @@ class PahoLink:
         future = self._acks.get(mid)
         if future is not None and not future.done():
             future.set_result(codes)
+
+    def _on_publish(
+        self, _client: paho.Client, _userdata: Any, mid: int, _reason: ReasonCode, _props: Properties | None
+    ) -> None:
+        future = self._published.get(mid)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def _on_paho_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         self._queue([Publish(message.topic, bytes(message.payload), message.mid, message.qos)])
@@ -330,8 +400,8 @@ class PahoLink:
         """Read what the socket has (at most what the window allows, once gated)."""
         raise NotImplementedError
 
-    def _on_subscribed(self) -> None:
-        """Called once the subscription stands and reads follow the window."""
+    def _on_gated(self) -> None:
+        """Called once reads follow the window (the subscription stands)."""
 
     def _hold_keepalive(self) -> None:
         """Called while paused, before paho checks keepalive."""

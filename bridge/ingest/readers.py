@@ -20,6 +20,7 @@ from bridge.config import Settings
 from bridge.ingest import paho_internals
 from bridge.ingest.fast_link import FastLink
 from bridge.ingest.intake import LinkFactory
+from bridge.ingest.paho_link import PahoLink
 from bridge.ingest.plain_link import PlainLink
 
 __all__ = ["ReaderChoice", "choose_reader"]
@@ -28,17 +29,22 @@ __all__ = ["ReaderChoice", "choose_reader"]
 @dataclasses.dataclass(frozen=True)
 class ReaderChoice:
     name: Literal["fast", "plain"]
-    open_link: LinkFactory
+    link_class: type[PahoLink]
     why_plain: str | None = None  # set when the fast reader was refused
+
+    def links(self, settings: Settings, *, adopt: str | None = None) -> LinkFactory:
+        """Opens a link per connection: to the daemon's own session, or with ``adopt``
+        to that client id's."""
+        return functools.partial(self.link_class, settings, adopt=adopt)
 
 
 def choose_reader(settings: Settings) -> ReaderChoice:
     if settings.mqtt.reader == "plain":
-        return ReaderChoice("plain", functools.partial(PlainLink, settings))
+        return ReaderChoice("plain", PlainLink)
     probe = paho.Client(CallbackAPIVersion.VERSION2)
     refusal = paho_internals.fast_reader_refusal(
         paho_internals.installed_paho(), paho_internals.missing_attributes(probe)
     )
     if refusal is not None:
-        return ReaderChoice("plain", functools.partial(PlainLink, settings), refusal)
-    return ReaderChoice("fast", functools.partial(FastLink, settings))
+        return ReaderChoice("plain", PlainLink, refusal)
+    return ReaderChoice("fast", FastLink)

@@ -16,7 +16,10 @@ not reading the socket while it is full.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Coroutine
 from datetime import timedelta
+from typing import Any
 
 import structlog
 
@@ -29,14 +32,15 @@ from bridge.ingest.batcher import FlushPolicy
 from bridge.ingest.committer import BatchWriter, Committer
 from bridge.ingest.housekeeping import maintenance_loop, stale_loop
 from bridge.ingest.inflight import InflightWindow
-from bridge.ingest.intake import Intake, LinkFactory
+from bridge.ingest.intake import Departure, Intake, LinkFactory, Outcome
 from bridge.ingest.parse import ParseRules
-from bridge.ingest.readers import choose_reader
+from bridge.ingest.presence import group_members_online
+from bridge.ingest.readers import ReaderChoice, choose_reader
 from bridge.ingest.store import PgStore
 from bridge.ingest.writer import Writer
 from bridge.metrics import Health, Metrics
 
-__all__ = ["Bridge", "parse_rules", "run_daemon", "window_capacity"]
+__all__ = ["Bridge", "adopt_session", "parse_rules", "run_daemon", "window_capacity"]
 
 log = structlog.get_logger("bridge.ingest.service")
 
@@ -61,12 +65,21 @@ class Bridge:
     """The ingest pipeline: ``await Bridge(...).run(stop)`` until ``stop`` is set."""
 
     def __init__(
-        self, settings: Settings, *, open_link: LinkFactory, writer: BatchWriter, metrics: Metrics, health: Health
+        self,
+        settings: Settings,
+        *,
+        open_link: LinkFactory,
+        writer: BatchWriter,
+        metrics: Metrics,
+        health: Health,
+        departure: Departure | None = None,
     ) -> None:
+        """``departure`` says how to leave on stop (default: keep the session)."""
         self.window = InflightWindow(window_capacity(settings))
         batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         self._batches = batches
         self._intake = Intake(
+            departure=departure or Departure(leave_group=False, timeout_s=settings.mqtt.drain_timeout_s),
             open_link=open_link,
             window=self.window,
             policy=FlushPolicy(settings.batch.max_rows, settings.batch.max_delay_ms / 1000),
@@ -77,44 +90,87 @@ class Bridge:
         )
         self._committer = Committer(writer, self.window, batches, metrics)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Ingest until ``stop`` is set; then stop taking messages, commit and
-        acknowledge what was taken, and return."""
+    async def run(self, stop: asyncio.Event) -> Outcome:
+        """Ingest until ``stop`` is set; then leave (bridge/ingest/intake.py): what
+        could not be stored in time stays unacknowledged, for the broker to keep."""
+        return await self._with_committer(self._intake.run(stop))
+
+    async def adopt(self, stop: asyncio.Event) -> Outcome:
+        """Drain and end the session the link factory opens (fleet-bridge adopt-session)."""
+        return await self._with_committer(self._intake.adopt(stop))
+
+    async def _with_committer(self, intake: Coroutine[Any, Any, Outcome]) -> Outcome:
         async with asyncio.TaskGroup() as tasks:
             committer = tasks.create_task(self._committer.run())
-            await self._intake.run(stop)
-            await self._batches.join()
+            done = await intake
+            # Drained: the committer is idle. Not: it may be retrying a batch against a
+            # database that is down; that batch stays unacknowledged.
             committer.cancel()
+        return done
+
+
+def daemon_departure(settings: Settings) -> Departure:
+    """A replica in a shared group leaves it on a graceful stop (unless told not to),
+    except the last one online; a bridge on its own keeps its session."""
+    mqtt = settings.mqtt
+    leave = mqtt.shared_group is not None and mqtt.leave_group_on_stop
+    return Departure(
+        leave_group=leave,
+        timeout_s=mqtt.drain_timeout_s,
+        others_in_group=functools.partial(group_members_online, settings) if leave else None,
+    )
+
+
+def _choose_reader(settings: Settings) -> ReaderChoice:
+    reader = choose_reader(settings)
+    if reader.why_plain is not None:
+        log.warning("mqtt_plain_reader", reason=reader.why_plain, detail="slower, public paho API only")
+    return reader
 
 
 async def run_daemon(settings: Settings, stop: asyncio.Event) -> None:
     """``fleet-bridge run``: the pipeline with the real database, broker reader and
     HTTP port, plus partition maintenance and the stale-device count."""
-    metrics = Metrics()
-    health = Health()
-    reader = choose_reader(settings)
+    metrics, health = Metrics(), Health()
+    reader = _choose_reader(settings)
     pool = await create_pool(settings)
     server = await start_http_server(settings.metrics.host, settings.metrics.port, metrics, health)
     log.info(
         "bridge_started", metrics_port=server.sockets[0].getsockname()[1], client_id=settings.mqtt.client_id,
         mqtt_reader=reader.name,
     )  # fmt: skip
-    if reader.why_plain is not None:
-        log.warning("mqtt_plain_reader", reason=reader.why_plain, detail="slower, public paho API only")
     if clock.offset():
         log.warning("clock_moved", variable=clock.CLOCK_ENV, now=clock.now().isoformat(), detail="for tests only")
     try:
         writer = Writer(PgStore(pool, settings.db.schema), metrics, health)
-        bridge = Bridge(settings, open_link=reader.open_link, writer=writer, metrics=metrics, health=health)
+        bridge = Bridge(
+            settings, open_link=reader.links(settings), writer=writer, metrics=metrics, health=health,
+            departure=daemon_departure(settings),
+        )  # fmt: skip
         async with asyncio.TaskGroup() as tasks:
             chores = [
                 tasks.create_task(maintenance_loop(pool, settings)),
                 tasks.create_task(stale_loop(pool, settings, metrics, health)),
             ]
-            await bridge.run(stop)
+            outcome = await bridge.run(stop)
             for chore in chores:
                 chore.cancel()
     finally:
         server.close()
         await pool.close()
-    log.info("bridge_stopped")
+    log.info("bridge_stopped", session=outcome.value)
+
+
+async def adopt_session(settings: Settings, client_id: str, stop: asyncio.Event, metrics: Metrics) -> Outcome:
+    """``fleet-bridge adopt-session``: store and acknowledge everything the session of
+    ``client_id`` holds, with the daemon's guarantees, then end it (Outcome.ENDED).
+    ``metrics`` counts what was stored."""
+    reader = _choose_reader(settings)
+    pool = await create_pool(settings)
+    try:
+        health = Health()
+        writer = Writer(PgStore(pool, settings.db.schema), metrics, health)
+        links = reader.links(settings, adopt=client_id)
+        return await Bridge(settings, open_link=links, writer=writer, metrics=metrics, health=health).adopt(stop)
+    finally:
+        await pool.close()
