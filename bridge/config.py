@@ -122,6 +122,8 @@ class DbSettings:
     dsn: Dsn = _setting(Dsn("postgresql://postgres@127.0.0.1:5432/postgres"))
     schema: str = _setting("fleet", _matches(SCHEMA_NAME, "a lower-case SQL identifier"))
     pool_max: int = _setting(4, _between(2, 100))
+    # Batches committing at once, each on its own connection (acknowledged in order).
+    commits_in_flight: int = _setting(2, _between(1, 16))
     password: Secret | None = _setting(None)
     password_file: str | None = _setting(None, _readable_file)
     connect_timeout_s: float = _setting(10.0, _at_least(0.1))
@@ -353,6 +355,12 @@ def _check_combinations(settings: Settings) -> None:
         raise ConfigError(
             f"invalid setting {env_name('db', 'password_file')}: "
             f"set either it or {env_name('db', 'password')}, not both"
+        )
+    if settings.db.pool_max <= settings.db.commits_in_flight:
+        # The daemon's other work (maintenance, the stale count) needs a connection too.
+        raise ConfigError(
+            f"invalid setting {env_name('db', 'pool_max')}: must be above "
+            f"{env_name('db', 'commits_in_flight')} ({settings.db.commits_in_flight}), got {settings.db.pool_max}"
         )
     if not settings.db.dsn.reveal().startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"invalid setting {env_name('db', 'dsn')}: must start with postgresql://")

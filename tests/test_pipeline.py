@@ -107,11 +107,13 @@ class FakeLink:
 
 
 class FakeWriter:
-    """Commits instantly unless ``gate`` is cleared; records each batch's message ids."""
+    """Commits instantly unless ``gate`` is cleared, or the batch's first message id
+    has a gate of its own in ``held``; records each batch's message ids."""
 
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.gate.set()
+        self.held: dict[int, asyncio.Event] = {}
         self.started: list[list[int]] = []
         self.committed: list[list[int]] = []
 
@@ -119,6 +121,8 @@ class FakeWriter:
         mids = [delivery.message.mid for delivery in batch.deliveries]
         self.started.append(mids)
         await self.gate.wait()
+        if mids[0] in self.held:
+            await self.held[mids[0]].wait()
         self.committed.append(mids)
         return WriteOutcome()
 
@@ -232,10 +236,11 @@ async def test_acknowledged_messages_leave_the_window_and_wake_a_paused_reader(h
     window = harness.bridge.window
     woken: list[int] = []
     window.on_room(lambda: woken.append(window.held))
-    link.deliver([reading(n) for n in range(1, 16)])  # three batches of 5: the window is full
-    assert window.held == window.capacity == 15
+    # (2 committing + 1 queued + 1 filling) batches of 5: the window is full
+    link.deliver([reading(n) for n in range(1, 21)])
+    assert window.held == window.capacity == 20
     harness.writer.gate.set()
-    await until(lambda: len(link.acked) == 15)
+    await until(lambda: len(link.acked) == 20)
     assert window.held == 0
     assert woken
     assert all(held <= window.capacity // 2 for held in woken)
@@ -290,3 +295,23 @@ async def test_the_last_member_of_a_group_keeps_its_session_subscribed(harness: 
     assert link.ended_session is False
     assert link.announced_leaving
     assert not link.left
+
+
+async def test_two_batches_commit_at_once_and_are_acknowledged_in_arrival_order(harness: Harness) -> None:
+    """With two commits in flight, a later batch may COMMIT first, but its messages
+    are acknowledged only after every earlier batch's COMMIT; a third batch does not
+    start committing while two wait to be acknowledged."""
+    slow = harness.writer.held[1] = asyncio.Event()
+    link = await harness.link(0)
+    link.deliver([reading(n) for n in range(1, 6)])
+    await until(lambda: len(harness.writer.started) == 1)
+    link.deliver([reading(n) for n in range(6, 11)])
+    await until(lambda: harness.writer.committed == [[6, 7, 8, 9, 10]])
+    link.deliver([reading(n) for n in range(11, 16)])
+    await asyncio.sleep(0.05)
+    assert link.acked == []  # batch 2 committed, but batch 1 has not
+    assert len(harness.writer.started) == 2  # no third commit while two are unacknowledged
+    slow.set()
+    await until(lambda: len(link.acked) == 15)
+    assert link.acked == list(range(1, 16))
+    assert harness.writer.committed == [[6, 7, 8, 9, 10], [1, 2, 3, 4, 5], [11, 12, 13, 14, 15]]

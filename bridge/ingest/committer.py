@@ -41,22 +41,44 @@ def acknowledge(batch: Batch) -> int:
 
 
 class Committer:
-    """Takes batches off ``batches``, commits and acknowledges them one by one."""
+    """Takes batches off ``batches`` and commits up to ``in_flight`` of them at once,
+    each in its own transaction on its own connection; acknowledges them strictly
+    in arrival order: a batch's PUBACKs wait for the COMMIT of every batch taken
+    before it. Rows keep their lock order (bridge/ingest/store.py), so overlapping
+    batches cannot deadlock, and the current state stays newest-wins whichever
+    commits first."""
 
     def __init__(
-        self, writer: BatchWriter, window: InflightWindow, batches: asyncio.Queue[Batch], metrics: Metrics
+        self,
+        writer: BatchWriter,
+        window: InflightWindow,
+        batches: asyncio.Queue[Batch],
+        metrics: Metrics,
+        *,
+        in_flight: int = 1,
     ) -> None:
         self._writer = writer
         self._window = window
         self._batches = batches
         self._metrics = metrics
+        self._slots = asyncio.Semaphore(in_flight)  # batches taken and not yet acknowledged
+        self._committing: asyncio.Queue[tuple[Batch, asyncio.Task[WriteOutcome]]] = asyncio.Queue()
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._acknowledge_in_order())
+            while True:
+                await self._slots.acquire()
+                batch = await self._batches.get()
+                self._committing.put_nowait((batch, tasks.create_task(self._writer.write(batch))))
+
+    async def _acknowledge_in_order(self) -> None:
         while True:
-            batch = await self._batches.get()
-            outcome = await self._writer.write(batch)
+            batch, commit = await self._committing.get()
+            outcome = await commit
             acked = acknowledge(batch)
             self._window.release(len(batch))
+            self._slots.release()
             self._metrics.inflight.set(self._window.held)
             self._record(batch, outcome)
             log.debug(

@@ -7,10 +7,11 @@ writer, so its loop runs in-process in tests with fakes of both.
 :func:`run_daemon` wires the real ones: the database pool, the broker reader,
 the HTTP port and the background chores.
 
-While one batch commits the next one fills; the hand-over queue holds one batch.
-So at most three batches' worth of messages are in the process at once: that is
-the in-flight window (bridge/ingest/inflight.py), which the link enforces by
-not reading the socket while it is full.
+While batches commit (up to ``FLEET_BRIDGE_DB_COMMITS_IN_FLIGHT`` at once, each on
+its own connection) the next one fills; the hand-over queue holds one more. So
+at most commits-in-flight + 2 batches' worth of messages are in the process at
+once: that is the in-flight window (bridge/ingest/inflight.py), which the link
+enforces by not reading the socket while it is full.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ __all__ = ["Bridge", "adopt_session", "parse_rules", "run_daemon", "window_capac
 
 log = structlog.get_logger("bridge.ingest.service")
 
-# One batch committing, one queued, one filling.
-BATCHES_IN_PROCESS = 3
+# Besides the batches committing: one queued for the committer, one filling.
+BATCHES_BESIDE_COMMITS = 2
 
 
 def parse_rules(settings: Settings) -> ParseRules:
@@ -58,7 +59,8 @@ def parse_rules(settings: Settings) -> ParseRules:
 
 
 def window_capacity(settings: Settings) -> int:
-    return BATCHES_IN_PROCESS * settings.batch.max_rows
+    """How many messages the process may hold (the memory bound)."""
+    return (settings.db.commits_in_flight + BATCHES_BESIDE_COMMITS) * settings.batch.max_rows
 
 
 class Bridge:
@@ -88,7 +90,7 @@ class Bridge:
             metrics=metrics,
             health=health,
         )
-        self._committer = Committer(writer, self.window, batches, metrics)
+        self._committer = Committer(writer, self.window, batches, metrics, in_flight=settings.db.commits_in_flight)
 
     async def run(self, stop: asyncio.Event) -> Outcome:
         """Ingest until ``stop`` is set; then leave (bridge/ingest/intake.py): what
