@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from bridge.ingest.parse import RejectReason
+
 __all__ = ["Health", "Metrics", "observe_all"]
 
 # Ingest lag spans a healthy pipeline (tens of ms) up to an hours-old backlog
@@ -18,11 +20,6 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10
 BATCH_ROWS_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 20000)
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 STREAM_NAMES = ("meter", "vehicle")
-REJECT_REASONS = (
-    "invalid_json", "not_object", "missing_field", "bad_type", "out_of_range", "bad_timestamp",
-    "future_timestamp", "too_old", "bad_device_id", "id_mismatch", "payload_too_large",
-    "unknown_topic", "db_error",
-)  # fmt: skip
 
 
 def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
@@ -111,7 +108,7 @@ class Metrics:
             for family in (self.messages_received, self.rows_written, self.duplicates, self.sequence_gaps):
                 family.labels(stream)
             self.devices_stale.labels(stream)
-        for reason in REJECT_REASONS:
+        for reason in RejectReason:
             self.rejected.labels(reason)
         for kind in ("transient", "permanent"):
             self.db_errors.labels(kind)

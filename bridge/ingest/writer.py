@@ -17,7 +17,7 @@ import structlog
 from bridge import clock
 from bridge.db import NO_PARTITION_MESSAGE, Conn, ErrorKind, classify, qualified, sqlstate
 from bridge.ingest.batch import Batch, history_columns, split_by_stream
-from bridge.ingest.parse import METER, STREAMS, VEHICLE, Reading, Reject, StreamSpec
+from bridge.ingest.parse import METER, STREAMS, VEHICLE, Reading, Reject, RejectReason, StreamSpec
 from bridge.metrics import Health, Metrics
 from bridge.retry import backoff_delay
 from bridge.schema.partitions import ensure_partitions
@@ -99,7 +99,7 @@ def _text(value: str) -> str:
 
 def db_reject(reading: Reading, exc: BaseException) -> Reject:
     detail = f"SQLSTATE {sqlstate(exc)}: {exc}"
-    return Reject("db_error", detail, reading.topic, reading.payload, reading.received_at)
+    return Reject(RejectReason.DB_ERROR, detail, reading.topic, reading.payload, reading.received_at)
 
 
 class Writer:
