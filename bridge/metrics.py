@@ -49,7 +49,7 @@ class Health:
 
 
 class Metrics:
-    """The contract's metrics (CONTRACT section 8), on a registry of their own."""
+    """The contract's metrics (docs/contract.md section 8), on a registry of their own."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()

@@ -21,7 +21,7 @@ from tests.support.tcp_proxy import TcpProxy, through_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
-# CONTRACT section 8: name -> (type, label names).
+# docs/contract.md section 8: name -> (type, label names).
 CONTRACT_METRICS = {
     "fleet_bridge_messages_received_total": ("counter", {"stream"}),
     "fleet_bridge_rows_written_total": ("counter", {"stream"}),
