@@ -5,13 +5,15 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import platform
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
+from bridge import __version__
 from bridge.ingest.parse import RejectReason
 
-__all__ = ["Health", "Metrics", "observe_all"]
+__all__ = ["Health", "Metrics", "build_labels", "observe_all"]
 
 # Ingest lag spans a healthy pipeline (tens of ms) up to an hours-old backlog
 # replayed after an outage, so the buckets run from 10 ms to 4 h.
@@ -20,6 +22,12 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10
 BATCH_ROWS_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 20000)
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 STREAM_NAMES = ("meter", "vehicle")
+
+
+def build_labels() -> dict[str, str]:
+    """The labels of ``fleet_bridge_build_info``: which build this process runs.
+    Another label is one more entry here (the gauge takes its names from this)."""
+    return {"version": __version__, "python": platform.python_version()}
 
 
 def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
@@ -54,6 +62,15 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_* (memory, CPU, file descriptors, start time) and python_info, as
+        # prometheus-client's default registry has them: this registry is our own.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        build = build_labels()
+        self.build_info = Gauge(
+            "fleet_bridge_build_info", "Always 1; the labels name the build that runs.", list(build), registry=r
+        )
+        self.build_info.labels(**build).set(1)
         self.messages_received = Counter(
             "fleet_bridge_messages_received_total", "MQTT messages received.", ["stream"], registry=r
         )

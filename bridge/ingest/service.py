@@ -19,7 +19,7 @@ import aiomqtt
 import asyncpg
 import structlog
 
-from bridge import clock
+from bridge import __version__, clock
 from bridge.config import Settings
 from bridge.db import create_pool, qualified
 from bridge.http import start_http_server
@@ -79,7 +79,9 @@ class Bridge:
             self.settings.metrics.host, self.settings.metrics.port, self.metrics, self.health
         )
         self.http_port = server.sockets[0].getsockname()[1]
-        log.info("bridge_started", metrics_port=self.http_port, client_id=self.settings.mqtt.client_id)
+        log.info(
+            "bridge_started", version=__version__, metrics_port=self.http_port, client_id=self.settings.mqtt.client_id
+        )
         if clock.offset():
             log.warning("clock_moved", variable=clock.CLOCK_ENV, now=clock.now().isoformat(), detail="for tests only")
         try:
