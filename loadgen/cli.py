@@ -147,7 +147,8 @@ def broker_settings(args: argparse.Namespace, environ: dict[str, str]) -> Settin
     overrides = {f"mqtt.{flag}": getattr(args, flag) for flag in BROKER_FLAGS if getattr(args, flag) is not None}
     if args.password_file is not None:  # the flag replaces an inline password from the environment
         environ.pop(env_name("mqtt", "password"), None)
-    return load_settings(environ=environ, overrides=overrides)
+    flags = {f"mqtt.{flag}": f"--{flag.replace('_', '-')}" for flag in BROKER_FLAGS}
+    return load_settings(environ=environ, overrides=overrides, flags=flags)
 
 
 def run_spec(args: argparse.Namespace, now_ms: int) -> RunSpec:

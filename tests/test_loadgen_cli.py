@@ -103,9 +103,9 @@ def test_broker_settings_come_from_the_bridges_variables_and_flags_override_them
 
 
 def test_invalid_broker_settings_exit_2_naming_the_key(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """The bridge's validation applies: a bad prefix is a configuration error."""
+    """The bridge's validation applies: a bad prefix is a configuration error naming the flag."""
     assert main(["run", "--topic-prefix", "no-slash", "--out", str(tmp_path)]) == 2
-    assert "mqtt.topic_prefix" in capsys.readouterr().err
+    assert "invalid setting --topic-prefix (mqtt.topic_prefix)" in capsys.readouterr().err
 
 
 def test_the_mapping_pairs_each_vehicle_with_its_meter(tmp_path: Path) -> None:

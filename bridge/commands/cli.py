@@ -19,10 +19,11 @@ import aiomqtt
 import structlog
 
 from bridge import __version__
+from bridge.commands.config import cmd_config
 from bridge.commands.mapping import add_import_arguments, cmd_mapping_import
 from bridge.commands.report import add_report_arguments, cmd_report
 from bridge.commands.status import fetch_status, render_json, render_table
-from bridge.config import Settings, load_settings
+from bridge.config import Settings, load_settings, unknown_variables
 from bridge.db import connect
 from bridge.errors import BridgeError, ConfigError
 from bridge.ingest.mqtt import tls_parameters
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = add("status", cmd_status, "fleet right now from the hot tables: devices reporting, stale, AC/DC power")
     status.add_argument("--format", choices=["table", "json"], default="table", help="output format")
     add_report_arguments(add("report", cmd_report, "hourly charging efficiency (DC / AC) per vehicle"))
+    config = add("config", cmd_config, "the effective settings and where each came from (file, variable, flag)")
+    config.add_argument("--format", choices=["table", "json"], default="table", help="output format")
     # `mapping` has one action so far, `import`; the nested parser makes it required.
     mapping = add("mapping", cmd_mapping_import, "manage the vehicle-to-meter mapping")
     actions = mapping.add_subparsers(dest="mapping_command", required=True, metavar="ACTION")
@@ -218,9 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["log.level"] = args.log_level
     secrets: tuple[str, ...] = ()
     try:
-        settings = load_settings(args.config, overrides=overrides)
+        settings = load_settings(args.config, overrides=overrides, flags={"log.level": "--log-level"})
         secrets = secret_values(settings)
         configure_logging(settings.log.level, settings.log.format, secrets)
+        for variable, match in unknown_variables(os.environ):
+            log.warning("unknown_variable", variable=variable, did_you_mean=match, detail="not a setting: ignored")
         return int(run_coroutine(args.handler(settings, args)))
     except ConfigError as exc:
         print(f"fleet-bridge: configuration error: {exc}", file=sys.stderr)
