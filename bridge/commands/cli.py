@@ -24,8 +24,8 @@ from bridge.commands.mapping import add_import_arguments, cmd_mapping_import
 from bridge.commands.report import add_report_arguments, cmd_report
 from bridge.commands.status import fetch_status, render_json, render_table
 from bridge.config import Settings, load_settings, unknown_variables
-from bridge.db import connect
-from bridge.errors import BridgeError, ConfigError
+from bridge.db import NOT_MIGRATED, connect, db_address
+from bridge.errors import BridgeError, ConfigError, reason
 from bridge.ingest.mqtt import tls_parameters
 from bridge.ingest.service import Bridge
 from bridge.logs import configure_logging
@@ -81,7 +81,9 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         log.info("stopping", signal=signal.Signals(signum).name)
         stop.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: a reload would have to swap connections under the intake, so a
+    # hang-up stops the bridge as cleanly as SIGTERM does (a supervisor restarts it).
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal, signum)
     collect_garbage_less_often()
     await Bridge(settings).run(stop)
@@ -99,16 +101,35 @@ def collect_garbage_less_often() -> None:
 
 
 async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    """Probe both links; exit 0 only when both answer."""
-    problems = []
+    """Probe both links at once, each within --timeout; exit 0 only when both answer."""
+    problems = [
+        p
+        for p in await asyncio.gather(_probe_database(settings, args.timeout), _probe_broker(settings, args.timeout))
+        if p
+    ]
+    for problem in problems:
+        print(redact(problem, secret_values(settings)), file=sys.stderr)
+    if not problems:
+        print("ok: database and mqtt reachable")
+    return EXIT_FAILURE if problems else EXIT_OK
+
+
+async def _probe_database(settings: Settings, wait_s: float) -> str | None:
     try:
-        conn = await connect(settings)
-        try:
-            await conn.fetchval("SELECT 1")
-        finally:
-            await conn.close()
+        async with asyncio.timeout(wait_s):
+            conn = await connect(settings)
+            try:
+                await conn.fetchval("SELECT 1")
+            finally:
+                await conn.close()
+    except TimeoutError:
+        return f"database at {db_address(settings.db.dsn.reveal())}: no answer within {wait_s:g} s"
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        problems.append(f"database: {type(exc).__name__}: {exc}")
+        return f"database: {reason(exc)}"
+    return None
+
+
+async def _probe_broker(settings: Settings, wait_s: float) -> str | None:
     try:
         # A throwaway client id: reusing the daemon's would take over its session.
         async with aiomqtt.Client(
@@ -119,16 +140,12 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             password=settings.mqtt_password(),
             tls_params=tls_parameters(settings),
             tls_insecure=settings.mqtt.tls_insecure or None,
-            timeout=args.timeout,
+            timeout=wait_s,
         ):
             pass
     except Exception as exc:  # noqa: BLE001
-        problems.append(f"mqtt: {type(exc).__name__}: {exc}")
-    for problem in problems:
-        print(redact(problem, secret_values(settings)), file=sys.stderr)
-    if not problems:
-        print("ok: database and mqtt reachable")
-    return EXIT_FAILURE if problems else EXIT_OK
+        return f"mqtt at {settings.mqtt.host}:{settings.mqtt.port}: {reason(exc)}"
+    return None
 
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -232,8 +249,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
-    except (BridgeError, OSError, Exception) as exc:
+    except Exception as exc:
         if args.debug:
             raise
-        print(f"fleet-bridge {args.command}: {type(exc).__name__}: {redact(str(exc), secrets)}", file=sys.stderr)
+        print(f"fleet-bridge {args.command}: {redact(failure_text(exc, settings), secrets)}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def failure_text(exc: Exception, settings: Settings) -> str:
+    """The one line an error becomes: the bridge's own errors are written for people,
+    a schema without the tables says what to run, anything else keeps its type."""
+    if isinstance(exc, NOT_MIGRATED):
+        return f"schema {settings.db.schema} is not migrated: run fleet-bridge migrate"
+    if isinstance(exc, BridgeError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
