@@ -202,6 +202,8 @@ class MqttSettings:
     shared_group: str | None = _setting(None, _matches(SHARED_GROUP, "letters, digits, _.-"))
     keepalive_s: int = _setting(60, _between(5, 3600))
     session_expiry_s: int = _setting(7 * 24 * 3600, _between(60, 0xFFFFFFFE))
+    # The broker's $SYS figures as fleet_bridge_broker_* gauges (bridge/broker_health.py).
+    sys_topics: bool = _setting(True)
 
 
 @dataclasses.dataclass(frozen=True)

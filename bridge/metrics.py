@@ -120,6 +120,28 @@ class Metrics:
         self.sequence_gaps = Counter(
             "fleet_bridge_sequence_gaps_total", "Jumps in a device's seq counter.", ["stream"], registry=r
         )
+        # The broker's own figures from its $SYS topics (bridge/broker_health.py),
+        # labelled with its address. Unlike the series above they are not created up
+        # front: a dropped count that started at 0 and jumped to the broker's total
+        # on its first value would look like drops to the alert.
+        self.broker_messages_dropped = Gauge(
+            "fleet_bridge_broker_messages_dropped",
+            "Messages the broker dropped since it started, on full queues ($SYS/broker/publish/messages/dropped).",
+            ["broker"],
+            registry=r,
+        )
+        self.broker_messages_stored = Gauge(
+            "fleet_bridge_broker_messages_stored",
+            "Messages the broker holds: queued for sessions and retained ($SYS/broker/store/messages/count).",
+            ["broker"],
+            registry=r,
+        )
+        self.broker_clients_connected = Gauge(
+            "fleet_bridge_broker_clients_connected",
+            "Clients connected to the broker ($SYS/broker/clients/connected).",
+            ["broker"],
+            registry=r,
+        )
         # Pre-create the labelled series so dashboards and alerts see zeros, not gaps.
         for stream in STREAM_NAMES:
             for family in (self.messages_received, self.rows_written, self.duplicates, self.sequence_gaps):

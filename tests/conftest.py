@@ -74,16 +74,30 @@ def broker(mosquitto_choice: Choice) -> Iterator[tuple[str, int]]:
 
 
 @pytest.fixture
-def private_broker(mosquitto_choice: Choice) -> Iterator[MosquittoProcess]:
-    """A broker of this test's own, for tests that restart or reconfigure it."""
+def private_broker_with(mosquitto_choice: Choice) -> Iterator[Callable[[str], MosquittoProcess]]:
+    """``private_broker_with(extra_config)``: a started broker of this test's own, the
+    project's config plus ``extra_config`` lines (a later line wins)."""
     if mosquitto_choice.branch == "skip":
         pytest.skip(mosquitto_choice.value)
     if mosquitto_choice.branch != "binary":
         pytest.skip("restarting the broker needs the mosquitto binary on this machine")
-    proc = MosquittoProcess(mosquitto_choice.value)
-    proc.start()
-    yield proc
-    proc.close()
+    started: list[MosquittoProcess] = []
+
+    def start(extra_config: str) -> MosquittoProcess:
+        proc = MosquittoProcess(mosquitto_choice.value, extra_config=extra_config)
+        started.append(proc)
+        proc.start()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+@pytest.fixture
+def private_broker(private_broker_with: Callable[[str], MosquittoProcess]) -> MosquittoProcess:
+    """A broker of this test's own, for tests that restart or reconfigure it."""
+    return private_broker_with("")
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import asyncpg
 import structlog
 
 from bridge import __version__, clock
+from bridge.broker_health import watch_broker
 from bridge.config import Settings
 from bridge.db import create_pool, qualified
 from bridge.http import start_http_server
@@ -91,6 +92,7 @@ class Bridge:
                 background = [
                     tasks.create_task(self._maintenance_loop(pool)),
                     tasks.create_task(self._stale_loop(pool)),
+                    tasks.create_task(watch_broker(self.settings, self.metrics)),
                 ]
                 await self._intake_loop(stop)
                 await self._batches.join()
