@@ -355,7 +355,7 @@ def load_settings(
     """Build and validate the settings; ``overrides`` maps ``"section.key"`` to a
     value, ``flags`` names the flag that gave it (default ``--set section.key``)."""
     environ = os.environ if environ is None else environ
-    overrides = dict(overrides or {})
+    overrides = overrides or {}
     flags = flags or {}
     config_file = config_file or environ.get(CONFIG_ENV) or None
     from_file = _read_toml(config_file) if config_file else {}
@@ -363,9 +363,10 @@ def load_settings(
     for name in from_file:
         if name not in SECTIONS:
             raise ConfigError(f"unknown section [{name}] in {config_file}{_did_you_mean(name, list(SECTIONS))}")
+    known = setting_keys()
     for key in overrides:
-        if key not in setting_keys():
-            raise ConfigError(f"unknown setting {flags.get(key, f'--set {key}')}{_did_you_mean(key, setting_keys())}")
+        if key not in known:
+            raise ConfigError(f"unknown setting {flags.get(key, f'--set {key}')}{_did_you_mean(key, known)}")
     sections: dict[str, Any] = {}
     origins: dict[str, Origin] = {}
     for section, cls in SECTIONS.items():

@@ -76,7 +76,7 @@ def test_broker_series_appear_only_with_a_first_value() -> None:
 
 @pytest.mark.integration
 async def test_gauges_follow_the_broker_and_dropped_messages_rise_when_its_queue_overflows(
-    private_broker_with: Callable[[str], MosquittoProcess],
+    private_broker_with: Callable[..., MosquittoProcess],
     start_bridge: Callable[..., BridgeProcess],
     db: asyncpg.Connection,
     prefix: str,
@@ -118,7 +118,7 @@ async def test_gauges_follow_the_broker_and_dropped_messages_rise_when_its_queue
 @pytest.mark.integration
 @pytest.mark.slow
 async def test_a_broker_that_refuses_sys_is_logged_once_and_ingest_goes_on(
-    private_broker_with: Callable[[str], MosquittoProcess],
+    private_broker_with: Callable[..., MosquittoProcess],
     start_bridge: Callable[..., BridgeProcess],
     db: asyncpg.Connection,
     schema: str,
