@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+from collections.abc import Callable
 
 import aiomqtt
 import structlog
@@ -40,6 +42,7 @@ SYS_TOPICS = {
 }
 # The retained values arrive right after the SUBACK; none by then means none will.
 SILENCE_S = 15.0
+INTAKE_POLL_S = 1.0  # how often to look whether the intake is connected, while it is not
 SILENT = (
     f"no $SYS values within {SILENCE_S:g} s: the broker's ACL refuses them to this user, or it does not publish them"
 )
@@ -66,13 +69,20 @@ def _forget(metrics: Metrics, broker: str) -> None:
             gauge.remove(broker)
 
 
-async def watch_broker(settings: Settings, metrics: Metrics) -> None:
-    """Follow the broker's ``$SYS`` figures until cancelled (``mqtt.sys_topics`` off: return)."""
+async def watch_broker(settings: Settings, metrics: Metrics, intake_connected: Callable[[], bool]) -> None:
+    """Follow the broker's ``$SYS`` figures until cancelled (``mqtt.sys_topics`` off: return).
+
+    It connects only while the intake is connected: a broker that is down or refuses
+    the bridge's login then sees one bridge reconnecting, not two.
+    """
     mqtt = settings.mqtt
     if not mqtt.sys_topics:
         return
     broker = f"{mqtt.host}:{mqtt.port}"
-    tls = tls_parameters(settings)
+    # The same TLS parameters as the intake's. The intake has already warned that
+    # the host name goes unchecked (tls_insecure), which only that warning depends
+    # on here: the client below still gets tls_insecure.
+    tls = tls_parameters(dataclasses.replace(settings, mqtt=dataclasses.replace(mqtt, tls_insecure=False)))
     loop = asyncio.get_running_loop()
     heard = told = False
 
@@ -88,6 +98,9 @@ async def watch_broker(settings: Settings, metrics: Metrics) -> None:
 
     attempt = 0
     while True:
+        # The intake keeps a plain flag (Health), not an event: a look once a second is enough.
+        while not intake_connected():  # noqa: ASYNC110
+            await asyncio.sleep(INTAKE_POLL_S)
         try:
             async with aiomqtt.Client(
                 mqtt.host,

@@ -92,7 +92,7 @@ class Bridge:
                 background = [
                     tasks.create_task(self._maintenance_loop(pool)),
                     tasks.create_task(self._stale_loop(pool)),
-                    tasks.create_task(watch_broker(self.settings, self.metrics)),
+                    tasks.create_task(watch_broker(self.settings, self.metrics, lambda: self.health.mqtt_connected)),
                 ]
                 await self._intake_loop(stop)
                 await self._batches.join()
