@@ -2,20 +2,24 @@
 
 Precedence (lowest first): built-in defaults, the TOML file (``--config`` or
 ``FLEET_BRIDGE_CONFIG``), ``FLEET_BRIDGE_<SECTION>_<KEY>`` environment variables,
-command-line overrides. Every problem raises :class:`ConfigError` naming the key.
+command-line overrides. Every problem raises :class:`ConfigError` naming where the
+bad value was set (the TOML key and its file, the variable, the flag); the
+settings remember where each value came from (``Settings.provenance``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
+from bridge.clock import CLOCK_ENV
 from bridge.errors import ConfigError
 
 __all__ = [
@@ -24,16 +28,24 @@ __all__ = [
     "LogSettings",
     "MetricsSettings",
     "MqttSettings",
+    "Origin",
     "PartitionSettings",
+    "Provenance",
     "Secret",
     "Settings",
     "ValidationSettings",
     "env_name",
     "load_settings",
     "redact_dsn",
+    "setting_keys",
+    "unknown_variables",
 ]
 
 ENV_PREFIX = "FLEET_BRIDGE_"
+CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
+# FLEET_BRIDGE_* variables that are not settings: the settings file, and the
+# tests' clock (bridge/clock.py). Any other unknown one is most likely a typo.
+NOT_SETTINGS = frozenset({CONFIG_ENV, CLOCK_ENV})
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 TOPIC_PREFIX = re.compile(r"^([^#+\x00]*/)?$")
 SHARED_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -85,6 +97,50 @@ class Dsn(Secret):
         return f"Dsn({redact_dsn(self._value)!r})"
 
     __str__ = __repr__
+
+
+# --- where a value came from -------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """The place that set one setting: its default, a key of the TOML file, an
+    environment variable or a command-line flag (``where`` names the file, the
+    variable or the flag)."""
+
+    key: str  # section.key
+    source: Literal["default", "file", "variable", "flag"] = "default"
+    where: str = ""
+
+    def describe(self) -> str:
+        """How an error names it: the TOML key and its file, the variable, the flag."""
+        if self.source == "file":
+            return f"{self.key} in {self.where}"
+        if self.source == "default":
+            return f"{self.key} (default)"
+        return self.where if self.key in self.where else f"{self.where} ({self.key})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """The settings file that was read, if any, and the origin of every value."""
+
+    file: str | None = None
+    origins: Mapping[str, Origin] = dataclasses.field(default_factory=dict)
+
+    def of(self, key: str) -> Origin:
+        return self.origins.get(key, Origin(key))
+
+
+def _closest(name: str, known: list[str]) -> str | None:
+    """The known name most like ``name`` (a typo's likely target), if one is close."""
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    match = _closest(name, known)
+    return f" (did you mean {match}?)" if match else ""
 
 
 # --- field declarations ----------------------------------------------------------
@@ -154,6 +210,8 @@ class MqttSettings:
     leave_group_on_stop: bool = _setting(True)
     # On a graceful stop, how long storing and acknowledging what is held may take.
     drain_timeout_s: float = _setting(60.0, _between(1, 3600))
+    # The broker's $SYS figures as fleet_bridge_broker_* gauges (bridge/broker_health.py).
+    sys_topics: bool = _setting(True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +256,8 @@ class Settings:
     partitions: PartitionSettings = dataclasses.field(default_factory=PartitionSettings)
     validation: ValidationSettings = dataclasses.field(default_factory=ValidationSettings)
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
+    # Where each value came from: what `fleet-bridge config` shows. Not a setting.
+    provenance: Provenance = dataclasses.field(default_factory=Provenance, compare=False, repr=False)
 
     def db_password(self) -> str | None:
         return _secret_value(self.db.password, self.db.password_file)
@@ -275,98 +335,130 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+def setting_keys() -> list[str]:
+    """Every ``section.key``, in declaration order."""
+    return [f"{section}.{field.name}" for section, cls in SECTIONS.items() for field in dataclasses.fields(cls)]
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``FLEET_BRIDGE_*`` variables that name no setting (they are ignored), each
+    with the closest setting's variable, if one is close."""
+    known = {env_name(*key.split(".")) for key in setting_keys()}
+    # Compared without the common prefix, which would make any two names look alike.
+    stems = sorted(name.removeprefix(ENV_PREFIX) for name in known)
+    found = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known and name not in NOT_SETTINGS:
+            match = _closest(name.removeprefix(ENV_PREFIX), stems)
+            found.append((name, None if match is None else ENV_PREFIX + match))
+    return found
+
+
 def load_settings(
     config_file: str | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build and validate the settings; ``overrides`` maps ``"section.key"`` to a value."""
+    """Build and validate the settings; ``overrides`` maps ``"section.key"`` to a
+    value, ``flags`` names the flag that gave it (default ``--set section.key``)."""
     environ = os.environ if environ is None else environ
-    overrides = dict(overrides or {})
-    config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG") or None
+    overrides = overrides or {}
+    flags = flags or {}
+    config_file = config_file or environ.get(CONFIG_ENV) or None
     from_file = _read_toml(config_file) if config_file else {}
 
-    sections: dict[str, Any] = {}
     for name in from_file:
         if name not in SECTIONS:
-            raise ConfigError(f"unknown section [{name}] in {config_file}")
+            raise ConfigError(f"unknown section [{name}] in {config_file}{_did_you_mean(name, list(SECTIONS))}")
+    known = setting_keys()
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(f"unknown setting {flags.get(key, f'--set {key}')}{_did_you_mean(key, known)}")
+    sections: dict[str, Any] = {}
+    origins: dict[str, Origin] = {}
     for section, cls in SECTIONS.items():
         file_values = from_file.get(section, {})
         if not isinstance(file_values, dict):
             raise ConfigError(f"[{section}] in {config_file} must be a table")
-        field_names = {f.name for f in dataclasses.fields(cls)}
-        for key in file_values:
-            if key not in field_names:
-                raise ConfigError(f"unknown setting {section}.{key} in {config_file}")
+        keys = [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+        for key in (f"{section}.{name}" for name in file_values):
+            if key not in keys:
+                raise ConfigError(f"unknown setting {key} in {config_file}{_did_you_mean(key, keys)}")
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            env_key = env_name(section, field.name)
             dotted = f"{section}.{field.name}"
+            env_key = env_name(section, field.name)
             if dotted in overrides:
-                raw, source = overrides.pop(dotted), f"flag for {dotted}"
+                raw, origin = overrides[dotted], Origin(dotted, "flag", flags.get(dotted, f"--set {dotted}"))
             elif env_key in environ:
-                raw, source = environ[env_key], env_key
+                raw, origin = environ[env_key], Origin(dotted, "variable", env_key)
             elif field.name in file_values:
-                raw, source = file_values[field.name], f"{dotted} in {config_file}"
+                raw, origin = file_values[field.name], Origin(dotted, "file", str(config_file))
             else:
+                origins[dotted] = Origin(dotted)
                 continue
-            values[field.name] = _validated(raw, field, source)
+            origins[dotted] = origin
+            values[field.name] = _validated(raw, field, origin)
         sections[section] = cls(**values)
-    if overrides:
-        raise ConfigError(f"unknown setting {sorted(overrides)[0]}")
-    settings = Settings(**sections)
+    settings = Settings(**sections, provenance=Provenance(config_file, origins))
     _check_combinations(settings)
     return settings
 
 
-def _validated(raw: Any, field: dataclasses.Field[Any], source: str) -> Any:
+def _validated(raw: Any, field: dataclasses.Field[Any], origin: Origin) -> Any:
     shown = "**********" if "password" in field.name or field.name == "dsn" else repr(raw)
     try:
         value = _coerce(raw, str(field.type))
     except ValueError as exc:
-        raise ConfigError(f"invalid setting {source}: {exc}, got {shown}") from None
+        raise ConfigError(f"invalid setting {origin.describe()}: {exc}, got {shown}") from None
     check = field.metadata.get("check")
     problem = check(value) if check is not None and value is not None else None
     if problem:
-        raise ConfigError(f"invalid setting {source}: {problem}, got {shown}")
+        raise ConfigError(f"invalid setting {origin.describe()}: {problem}, got {shown}")
     return value
 
 
 def _check_combinations(settings: Settings) -> None:
+    """Rules that involve two settings; each error names where the offending value was set."""
+
+    def at(key: str) -> str:
+        return settings.provenance.of(key).describe()
+
     mqtt = settings.mqtt
     if mqtt.tls_ca_file is None and (mqtt.tls_insecure or mqtt.tls_cert_file is not None):
         # TLS is on only with a CA file: without one these would be ignored, and a
         # client certificate meant as a second factor would go over plain TCP.
+        culprit = "mqtt.tls_insecure" if mqtt.tls_insecure else "mqtt.tls_cert_file"
         raise ConfigError(
-            f"invalid setting {env_name('mqtt', 'tls_ca_file')}: required when "
-            f"{env_name('mqtt', 'tls_insecure')} or {env_name('mqtt', 'tls_cert_file')} is set"
+            f"invalid setting {at(culprit)}: needs a CA file too (mqtt.tls_ca_file, "
+            f"{env_name('mqtt', 'tls_ca_file')}): TLS is on only with one"
         )
     if (mqtt.tls_cert_file is None) != (mqtt.tls_key_file is None):
+        given = "mqtt.tls_cert_file" if mqtt.tls_cert_file is not None else "mqtt.tls_key_file"
+        missing = "mqtt.tls_key_file" if mqtt.tls_cert_file is not None else "mqtt.tls_cert_file"
         raise ConfigError(
-            f"invalid setting {env_name('mqtt', 'tls_cert_file')}: "
-            f"a client certificate needs {env_name('mqtt', 'tls_key_file')} too (and vice versa)"
+            f"invalid setting {at(given)}: a client certificate needs its key and the key its certificate "
+            f"({missing}, {env_name(*missing.split('.'))})"
         )
-    if mqtt.password is not None and mqtt.password_file is not None:
-        raise ConfigError(
-            f"invalid setting {env_name('mqtt', 'password_file')}: "
-            f"set either it or {env_name('mqtt', 'password')}, not both"
-        )
-    if settings.db.password is not None and settings.db.password_file is not None:
-        raise ConfigError(
-            f"invalid setting {env_name('db', 'password_file')}: "
-            f"set either it or {env_name('db', 'password')}, not both"
-        )
+    for section, secret in (("mqtt", mqtt.password), ("db", settings.db.password)):
+        if secret is not None and getattr(settings, section).password_file is not None:
+            raise ConfigError(
+                f"invalid setting {at(f'{section}.password_file')}: set either it or "
+                f"{at(f'{section}.password')}, not both"
+            )
     if settings.db.pool_max <= settings.db.commits_in_flight:
         # The daemon's other work (maintenance, the stale count) needs a connection too.
         raise ConfigError(
-            f"invalid setting {env_name('db', 'pool_max')}: must be above "
-            f"{env_name('db', 'commits_in_flight')} ({settings.db.commits_in_flight}), got {settings.db.pool_max}"
+            f"invalid setting {at('db.pool_max')}: must be above db.commits_in_flight "
+            f"({settings.db.commits_in_flight}), got {settings.db.pool_max}"
         )
-    if not settings.db.dsn.reveal().startswith(("postgresql://", "postgres://")):
-        raise ConfigError(f"invalid setting {env_name('db', 'dsn')}: must start with postgresql://")
-    if not _well_formed_url(settings.db.dsn.reveal()):
+    dsn = settings.db.dsn.reveal()
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"invalid setting {at('db.dsn')}: must start with postgresql://")
+    if not _well_formed_url(dsn):
         raise ConfigError(
-            f"invalid setting {env_name('db', 'dsn')}: not a well-formed URL; percent-encode any of "
+            f"invalid setting {at('db.dsn')}: not a well-formed URL; percent-encode any of "
             f"@/?#& in the password, or give it in {env_name('db', 'password_file')}"
         )
 

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import re
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from bridge.config import Settings
+from bridge.errors import DatabaseUnavailableError, reason
 
 __all__ = [
+    "NOT_MIGRATED",
     "TRANSIENT_ERRORS",
     "Conn",
     "ErrorKind",
     "classify",
     "connect",
     "create_pool",
+    "db_address",
     "is_missing_partition",
     "qualified",
     "sqlstate",
@@ -33,6 +38,9 @@ TRANSIENT_ERRORS = (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
 # 23 integrity constraint violation). Everything else is treated as transient.
 PERMANENT_CLASSES = frozenset({"22", "23"})
 CHECK_VIOLATION = "23514"
+# What a command meets in a schema that `fleet-bridge migrate` has not made (yet, or
+# not to this version): a missing table (SQLSTATE 42P01) or schema (3F000).
+NOT_MIGRATED = (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError)
 
 
 class ErrorKind(enum.Enum):
@@ -84,9 +92,26 @@ def _connect_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+def db_address(dsn: str) -> str:
+    """Where a DSN points, for messages: ``host:port`` (a host list or a socket
+    directory as written); never the user or the password."""
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    hosts = parts.netloc.rpartition("@")[2] or ",".join(query.get("host", ["localhost"]))
+    if "," in hosts or hosts.startswith("/") or re.search(r":\d+$", hosts):
+        return hosts
+    return f"{hosts}:{query.get('port', ['5432'])[0]}"
+
+
 async def connect(settings: Settings) -> asyncpg.Connection:
-    """One connection, for commands that run a few statements and exit."""
-    return await asyncpg.connect(**_connect_kwargs(settings))
+    """One connection, for commands that run a few statements and exit. Failing,
+    a :class:`DatabaseUnavailableError` that names the address."""
+    try:
+        return await asyncpg.connect(**_connect_kwargs(settings))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # TimeoutError is an OSError
+        problem = f"no answer within {settings.db.connect_timeout_s:g} s" if isinstance(exc, TimeoutError) else None
+        where = db_address(settings.db.dsn.reveal())
+        raise DatabaseUnavailableError(f"cannot connect to the database at {where}: {problem or reason(exc)}") from exc
 
 
 async def create_pool(settings: Settings) -> asyncpg.Pool:

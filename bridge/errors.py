@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "BridgeError", "ConfigError"]
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "BridgeError",
+    "ConfigError",
+    "DatabaseUnavailableError",
+    "reason",
+]
 
 # The exit codes of every command.
 EXIT_OK = 0
@@ -16,3 +24,12 @@ class BridgeError(Exception):
 
 class ConfigError(BridgeError):
     """A setting is missing or invalid; the message names the key (exit code 2)."""
+
+
+class DatabaseUnavailableError(BridgeError):
+    """A command could not connect to PostgreSQL; the message names the address."""
+
+
+def reason(exc: BaseException) -> str:
+    """An exception as a short phrase for a message: its text, or its type when it has none."""
+    return str(exc) or type(exc).__name__

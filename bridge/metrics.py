@@ -5,13 +5,16 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import platform
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
+from bridge import __version__
+from bridge.ingest.parse import RejectReason
 from bridge.streams import STREAM_NAMES
 
-__all__ = ["Health", "Metrics", "observe_all"]
+__all__ = ["Health", "Metrics", "build_labels", "observe_all"]
 
 # Ingest lag spans a healthy pipeline (tens of ms) up to an hours-old backlog
 # replayed after an outage, so the buckets run from 10 ms to 4 h.
@@ -19,11 +22,12 @@ LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 30
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_ROWS_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 20000)
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-REJECT_REASONS = (
-    "invalid_json", "not_object", "missing_field", "bad_type", "out_of_range", "bad_timestamp",
-    "future_timestamp", "too_old", "bad_device_id", "id_mismatch", "payload_too_large",
-    "unknown_topic", "db_error",
-)  # fmt: skip
+
+
+def build_labels() -> dict[str, str]:
+    """The labels of ``fleet_bridge_build_info``: which build this process runs.
+    Another label is one more entry here (the gauge takes its names from this)."""
+    return {"version": __version__, "python": platform.python_version()}
 
 
 # prometheus_client's Histogram layout that observe_all() writes to directly; checked
@@ -73,11 +77,21 @@ class Health:
 
 
 class Metrics:
-    """The contract's metrics (CONTRACT section 8), on a registry of their own."""
+    """The contract's metrics (docs/contract.md section 8), on a registry of their own."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, build: dict[str, str] | None = None) -> None:
+        """``build``: the labels of fleet_bridge_build_info (default: build_labels())."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_* (memory, CPU, file descriptors, start time) and python_info, as
+        # prometheus-client's default registry has them: this registry is our own.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        build = build or build_labels()
+        self.build_info = Gauge(
+            "fleet_bridge_build_info", "Always 1; the labels name the build that runs.", list(build), registry=r
+        )
+        self.build_info.labels(**build).set(1)
         self.messages_received = Counter(
             "fleet_bridge_messages_received_total", "MQTT messages received.", ["stream"], registry=r
         )
@@ -127,12 +141,34 @@ class Metrics:
         self.sequence_gaps = Counter(
             "fleet_bridge_sequence_gaps_total", "Jumps in a device's seq counter.", ["stream"], registry=r
         )
+        # The broker's own figures from its $SYS topics (bridge/broker_health.py),
+        # labelled with its address. Unlike the series above they are not created up
+        # front: a dropped count that started at 0 and jumped to the broker's total
+        # on its first value would look like drops to the alert.
+        self.broker_messages_dropped = Gauge(
+            "fleet_bridge_broker_messages_dropped",
+            "Messages the broker dropped since it started, on full queues ($SYS/broker/publish/messages/dropped).",
+            ["broker"],
+            registry=r,
+        )
+        self.broker_messages_stored = Gauge(
+            "fleet_bridge_broker_messages_stored",
+            "Messages the broker holds: queued for sessions and retained ($SYS/broker/store/messages/count).",
+            ["broker"],
+            registry=r,
+        )
+        self.broker_clients_connected = Gauge(
+            "fleet_bridge_broker_clients_connected",
+            "Clients connected to the broker ($SYS/broker/clients/connected).",
+            ["broker"],
+            registry=r,
+        )
         # Pre-create the labelled series so dashboards and alerts see zeros, not gaps.
         for stream in STREAM_NAMES:
             for family in (self.messages_received, self.rows_written, self.duplicates, self.sequence_gaps):
                 family.labels(stream)
             self.devices_stale.labels(stream)
-        for reason in REJECT_REASONS:
+        for reason in RejectReason:
             self.rejected.labels(reason)
         for kind in ("transient", "permanent"):
             self.db_errors.labels(kind)

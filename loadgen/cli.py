@@ -103,8 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fleet = run.add_argument_group("fleet and time")
     fleet.add_argument("--devices", type=positive_int, default=10_000, metavar="N", help="vehicle/meter pairs (10000)")
-    fleet.add_argument("--interval", type=parse_duration, default=60.0, metavar="T", help="between readings (60s)")
-    fleet.add_argument("--duration", type=parse_duration, default=600.0, metavar="T", help="simulated time (10m)")
+    fleet.add_argument(
+        "--interval", type=parse_duration, default=60.0, metavar="T",
+        help=f"between readings (60s; at least {MIN_INTERVAL_S}s)",
+    )  # fmt: skip
+    fleet.add_argument(
+        "--duration", type=parse_duration, default=600.0, metavar="T",
+        help="simulated time, whole intervals (10m)",
+    )  # fmt: skip
     fleet.add_argument(
         "--speedup", type=float, default=1.0, metavar="X",
         help="simulated seconds per wall-clock second (1); 0 publishes as fast as possible",
@@ -147,7 +153,8 @@ def broker_settings(args: argparse.Namespace, environ: dict[str, str]) -> Settin
     overrides = {f"mqtt.{flag}": getattr(args, flag) for flag in BROKER_FLAGS if getattr(args, flag) is not None}
     if args.password_file is not None:  # the flag replaces an inline password from the environment
         environ.pop(env_name("mqtt", "password"), None)
-    return load_settings(environ=environ, overrides=overrides)
+    flags = {f"mqtt.{flag}": f"--{flag.replace('_', '-')}" for flag in BROKER_FLAGS}
+    return load_settings(environ=environ, overrides=overrides, flags=flags)
 
 
 def run_spec(args: argparse.Namespace, now_ms: int) -> RunSpec:
@@ -170,6 +177,18 @@ def run_spec(args: argparse.Namespace, now_ms: int) -> RunSpec:
     return RunSpec(args.devices, interval_ms, steps, start_ms, args.seed, rates)
 
 
+def uncovered_duration(args: argparse.Namespace, spec: RunSpec) -> str | None:
+    """A warning when --duration is not a whole number of --interval: the run
+    simulates only the whole intervals, which the user may not expect."""
+    simulated_s = spec.steps * spec.interval_ms / 1000
+    if simulated_s == round(args.duration * 1000) / 1000:
+        return None
+    return (
+        f"--duration {args.duration:g} s is not a whole number of --interval {args.interval:g} s: "
+        f"simulating {spec.steps} interval(s), {simulated_s:g} s"
+    )
+
+
 def write_json(path: Path, value: Any) -> None:
     path.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
 
@@ -183,6 +202,8 @@ def write_mapping(path: Path, pairs: int) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = broker_settings(args, dict(os.environ))
     spec = run_spec(args, int(clock.now().timestamp() * 1000))
+    if (warning := uncovered_duration(args, spec)) is not None:
+        print(f"fleet-loadgen: warning: {warning}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     write_mapping(args.out / "mapping.csv", spec.pairs)
 

@@ -37,12 +37,18 @@ class ProgressDisplay:
         self._every_s = every_s if not tty else 0.25
         self._last = 0.0
         self._drawn = False
+        self._undrawn: Progress | None = None  # the newest progress not shown yet
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
         if now - self._last < self._every_s:
+            self._undrawn = progress
             return
         self._last = now
+        self._draw(progress)
+
+    def _draw(self, progress: Progress) -> None:
+        self._undrawn = None
         if self._tty:
             self._stream.write(f"\r{progress_text(progress)}\x1b[K")
             self._drawn = True
@@ -51,7 +57,10 @@ class ProgressDisplay:
         self._stream.flush()
 
     def close(self) -> None:
-        """End the redrawn line so what follows starts on its own."""
+        """Show the last progress (100 % for a run that finished), and end the
+        redrawn line so what follows starts on its own."""
+        if self._undrawn is not None:
+            self._draw(self._undrawn)
         if self._drawn:
             self._stream.write("\n")
             self._stream.flush()

@@ -16,6 +16,7 @@ from typing import Final
 
 import orjson
 
+from bridge.ingest.parse import RejectReason
 from loadgen.simulation import JITTER_MS, SimReading, reading_document, reading_payload, rfc3339_ms
 
 __all__ = [
@@ -29,21 +30,11 @@ __all__ = [
 ]
 
 FAULT_KINDS: Final = ("duplicates", "out_of_order", "late", "malformed", "skew_over_5s")
-# Every reason code of CONTRACT section 2 a subscriber can see. ``unknown_topic``
-# is left out: the bridge only subscribes to meter/+ and vehicle/+, so such a
-# message never reaches it.
-MALFORMED_REASONS: Final = (
-    "invalid_json",
-    "not_object",
-    "missing_field",
-    "bad_type",
-    "out_of_range",
-    "bad_timestamp",
-    "future_timestamp",
-    "too_old",
-    "bad_device_id",
-    "id_mismatch",
-    "payload_too_large",
+# Every reason code a subscriber can see. ``unknown_topic`` is left out: the
+# bridge only subscribes to meter/+ and vehicle/+, so such a message never
+# reaches it; ``db_error`` is the database's verdict, not the message's.
+MALFORMED_REASONS: Final = tuple(
+    reason for reason in RejectReason if reason not in (RejectReason.UNKNOWN_TOPIC, RejectReason.DB_ERROR)
 )
 ENERGY_FIELD: Final = {"meter": "kwh_consumed_ac", "vehicle": "kwh_delivered_dc"}
 ID_FIELD: Final = {"meter": "meter_id", "vehicle": "vehicle_id"}
@@ -98,35 +89,35 @@ def max_skew_ms(interval_ms: int) -> int:
     return min(MAX_SKEW_MS, interval_ms // 2 - JITTER_MS)
 
 
-def malformed_message(reason: str, reading: SimReading) -> tuple[str, bytes]:
+def malformed_message(reason: RejectReason, reading: SimReading) -> tuple[str, bytes]:
     """A (topic, payload) the bridge must reject with ``reason``, built from a real reading."""
     doc = reading_document(reading)
     topic = reading.topic
     energy = ENERGY_FIELD[reading.stream]
-    if reason == "invalid_json":
+    if reason == RejectReason.INVALID_JSON:
         payload = reading_payload(reading)
         return topic, payload[: len(payload) // 2]
-    if reason == "not_object":
+    if reason == RejectReason.NOT_OBJECT:
         return topic, orjson.dumps([doc])
-    if reason == "missing_field":
+    if reason == RejectReason.MISSING_FIELD:
         del doc[energy]
-    elif reason == "bad_type":
+    elif reason == RejectReason.BAD_TYPE:
         doc[energy] = str(doc[energy])
-    elif reason == "out_of_range":
+    elif reason == RejectReason.OUT_OF_RANGE:
         # JSON has no NaN: out of range means a finite value beyond the limits.
         doc[energy] = -0.5 if reading.stream == "meter" else 1000.0
-    elif reason == "bad_timestamp":
+    elif reason == RejectReason.BAD_TIMESTAMP:
         doc["ts"] = rfc3339_ms(reading.ts_ms).removesuffix("Z")  # no offset: ambiguous
-    elif reason == "future_timestamp":
+    elif reason == RejectReason.FUTURE_TIMESTAMP:
         doc["ts"] = FUTURE_TS
-    elif reason == "too_old":
+    elif reason == RejectReason.TOO_OLD:
         doc["ts"] = ANCIENT_TS
-    elif reason == "bad_device_id":
+    elif reason == RejectReason.BAD_DEVICE_ID:
         topic = f"{reading.stream}/-{reading.device_id}"
         del doc[ID_FIELD[reading.stream]]
-    elif reason == "id_mismatch":
+    elif reason == RejectReason.ID_MISMATCH:
         doc[ID_FIELD[reading.stream]] = f"{reading.device_id}0"
-    elif reason == "payload_too_large":
+    elif reason == RejectReason.PAYLOAD_TOO_LARGE:
         doc["note"] = "x" * OVERSIZE_BYTES
     else:
         raise ValueError(f"unknown reason {reason!r}")

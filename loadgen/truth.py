@@ -1,6 +1,6 @@
 """The ground truth: the report the bridge must produce for what was published.
 
-It follows CONTRACT section 6 to the letter, independently of the SQL that
+It follows docs/contract.md section 6 to the letter, independently of the SQL that
 implements it, so an end-to-end run checks the report rather than repeating
 it: each vehicle reading pairs with the nearest reading of its meter within
 ±5 s (ties: the earlier); unpaired readings are counted as unmatched and

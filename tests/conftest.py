@@ -74,16 +74,31 @@ def broker(mosquitto_choice: Choice) -> Iterator[tuple[str, int]]:
 
 
 @pytest.fixture
-def private_broker(mosquitto_choice: Choice) -> Iterator[MosquittoProcess]:
-    """A broker of this test's own, for tests that restart or reconfigure it."""
+def private_broker_with(mosquitto_choice: Choice) -> Iterator[Callable[..., MosquittoProcess]]:
+    """``private_broker_with(extra_config, config_text=None)``: a started broker of this
+    test's own, from the project's config (or ``config_text``) plus ``extra_config``
+    lines (a later line wins); stopped at teardown."""
     if mosquitto_choice.branch == "skip":
         pytest.skip(mosquitto_choice.value)
     if mosquitto_choice.branch != "binary":
-        pytest.skip("restarting the broker needs the mosquitto binary on this machine")
-    proc = MosquittoProcess(mosquitto_choice.value)
-    proc.start()
-    yield proc
-    proc.close()
+        pytest.skip("a broker of the test's own needs the mosquitto binary on this machine")
+    started: list[MosquittoProcess] = []
+
+    def start(extra_config: str, *, config_text: str | None = None) -> MosquittoProcess:
+        proc = MosquittoProcess(mosquitto_choice.value, extra_config=extra_config, config_text=config_text)
+        started.append(proc)
+        proc.start()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+@pytest.fixture
+def private_broker(private_broker_with: Callable[..., MosquittoProcess]) -> MosquittoProcess:
+    """A broker of this test's own, for tests that restart or reconfigure it."""
+    return private_broker_with("")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bridge.commands.cli import main
-from bridge.config import Settings, load_settings, redact_dsn
+from bridge.config import Settings, load_settings, redact_dsn, unknown_variables
 from bridge.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -62,12 +62,74 @@ def test_bad_values_name_the_key(environ: dict[str, str], named: str) -> None:
         load_settings(environ=environ)
 
 
-def test_unknown_keys_in_the_file_are_errors(tmp_path: Path) -> None:
-    """A typo in the TOML file is reported, not silently ignored."""
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ('[db]\ndsn = "mysql://x"\n', "db.dsn in {file}"),
+        ("[batch]\nmax_rows = 0\n", "batch.max_rows in {file}"),
+        ("[mqtt]\ntls_insecure = true\n", "mqtt.tls_insecure in {file}"),
+    ],
+)
+def test_a_bad_value_from_the_file_names_the_key_and_the_file(toml: str, named: str, tmp_path: Path) -> None:
+    """A value set in the TOML file is reported as that key of that file, not as the
+    environment variable that could also have set it."""
+    config = tmp_path / "bridge.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(str(config), environ={})
+    assert named.format(file=config) in str(raised.value)
+    assert "FLEET_BRIDGE_DB_DSN" not in str(raised.value)
+
+
+def test_a_bad_flag_names_the_flag() -> None:
+    """A value given with --set is reported as that flag."""
+    with pytest.raises(ConfigError, match=r"invalid setting --set batch\.max_rows: must be between 1 and 20000"):
+        load_settings(environ={"FLEET_BRIDGE_BATCH_MAX_ROWS": "10"}, overrides={"batch.max_rows": "0"})
+    with pytest.raises(ConfigError, match=r"unknown setting --set batch\.max_rowz \(did you mean batch\.max_rows\?\)"):
+        load_settings(environ={}, overrides={"batch.max_rowz": "10"})
+
+
+def test_unknown_keys_in_the_file_are_errors_naming_the_closest_key(tmp_path: Path) -> None:
+    """A typo in the TOML file is reported, not silently ignored, with the key it
+    most likely meant."""
     config = tmp_path / "bridge.toml"
     config.write_text("[batch]\nmax_rowz = 10\n")
-    with pytest.raises(ConfigError, match=r"batch\.max_rowz"):
+    with pytest.raises(ConfigError, match=r"batch\.max_rowz in .* \(did you mean batch\.max_rows\?\)"):
         load_settings(str(config), environ={})
+    config.write_text("[bach]\nmax_rows = 10\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[bach\] in .* \(did you mean batch\?\)"):
+        load_settings(str(config), environ={})
+
+
+def test_unknown_variables_are_found_with_the_setting_they_most_likely_meant() -> None:
+    """A FLEET_BRIDGE_* variable that is no setting is listed with the closest
+    setting's variable; the settings file and the tests' clock are not settings
+    but known, so not listed."""
+    environ = {
+        "FLEET_BRIDGE_BATCH_MAXROWS": "500",
+        "FLEET_BRIDGE_SOMETHING_ELSE": "1",
+        "FLEET_BRIDGE_CONFIG": "bridge.toml",
+        "FLEET_BRIDGE_TEST_CLOCK": "2026-11-27T12:00:00Z",
+        "FLEET_BRIDGE_BATCH_MAX_ROWS": "500",
+        "OTHER_BATCH_MAXROWS": "500",
+    }
+    assert unknown_variables(environ) == [
+        ("FLEET_BRIDGE_BATCH_MAXROWS", "FLEET_BRIDGE_BATCH_MAX_ROWS"),
+        ("FLEET_BRIDGE_SOMETHING_ELSE", None),
+    ]
+
+
+def test_a_misspelled_variable_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every command logs one warning per unknown variable, naming the closest
+    setting, and goes on with the rest (the variable is ignored)."""
+    monkeypatch.setenv("FLEET_BRIDGE_BATCH_MAXROWS", "500")
+    monkeypatch.setenv("FLEET_BRIDGE_LOG_FORMAT", "json")
+    assert main(["config", "--format", "json"]) == 0
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "unknown_variable" in line]
+    assert '"variable": "FLEET_BRIDGE_BATCH_MAXROWS"' in warning
+    assert '"did_you_mean": "FLEET_BRIDGE_BATCH_MAX_ROWS"' in warning
 
 
 def test_secrets_never_show_in_repr() -> None:

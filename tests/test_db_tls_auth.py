@@ -19,6 +19,7 @@ import pytest
 
 from bridge.config import load_settings
 from bridge.db import connect
+from bridge.errors import DatabaseUnavailableError
 from tests.support.helpers import run_cli
 from tests.support.services import PostgresCluster, find_postgres_bindir
 from tests.support.tls_certs import CertificateAuthority, openssl_available
@@ -97,6 +98,14 @@ async def current_user_and_ssl(environ: dict[str, str]) -> tuple[str, bool]:
     return row["user"], row["ssl"]
 
 
+async def refusal(environ: dict[str, str]) -> BaseException:
+    """Why connecting is refused: the driver's error behind the one that names the address."""
+    with pytest.raises(DatabaseUnavailableError, match="cannot connect to the database at ") as refused:
+        await current_user_and_ssl(environ)
+    assert refused.value.__cause__ is not None
+    return refused.value.__cause__
+
+
 async def test_the_password_reaches_the_server_from_env_file_or_dsn(
     secure_postgres: SecurePostgres, tmp_path: Path
 ) -> None:
@@ -122,8 +131,7 @@ async def test_a_wrong_or_missing_password_is_refused_and_not_shown(secure_postg
     assert result.returncode == 1
     assert "password authentication failed" in result.stderr
     assert wrong not in result.stdout + result.stderr
-    with pytest.raises(asyncpg.InvalidPasswordError):
-        await current_user_and_ssl({"FLEET_BRIDGE_DB_DSN": pg.dsn()})
+    assert isinstance(await refusal({"FLEET_BRIDGE_DB_DSN": pg.dsn()}), asyncpg.InvalidPasswordError)
 
 
 async def test_verify_full_checks_the_certificate_authority_and_the_host_name(
@@ -141,11 +149,13 @@ async def test_verify_full_checks_the_certificate_authority_and_the_host_name(
     assert migrate.returncode == 0, migrate.stderr
 
     other_ca = pg.dsn(sslmode="verify-full", sslrootcert=str(pg.other_ca))
-    with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
-        await current_user_and_ssl({"FLEET_BRIDGE_DB_DSN": other_ca, **password})
+    untrusted = await refusal({"FLEET_BRIDGE_DB_DSN": other_ca, **password})
+    assert isinstance(untrusted, ssl.SSLCertVerificationError)
+    assert "certificate verify failed" in str(untrusted)
 
     by_address = pg.dsn("127.0.0.1", sslmode="verify-full", sslrootcert=str(pg.ca))
-    with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
-        await current_user_and_ssl({"FLEET_BRIDGE_DB_DSN": by_address, **password})
+    misnamed = await refusal({"FLEET_BRIDGE_DB_DSN": by_address, **password})
+    assert isinstance(misnamed, ssl.SSLCertVerificationError)
+    assert "mismatch" in str(misnamed)
     ca_only = pg.dsn("127.0.0.1", sslmode="verify-ca", sslrootcert=str(pg.ca))
     assert await current_user_and_ssl({"FLEET_BRIDGE_DB_DSN": ca_only, **password}) == (ROLE, True)

@@ -5,6 +5,7 @@ settings: what the tools cannot know, e.g. that the probes hit the metrics port.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -29,10 +30,13 @@ DRAIN_TIMEOUT_S = Settings().mqtt.drain_timeout_s
 
 DOCKERFILE = ROOT / "Dockerfile"
 K8S = ROOT / "deploy" / "k8s"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "fleet-bridge.json"
 ENV_EXAMPLE = ROOT / "deploy" / "systemd" / "fleet-bridge.env.example"
 # Core Kubernetes kinds only: kubernetes-validate has no schema for the Prometheus
-# Operator's CRD, so it only warns. test_servicemonitor_* validates it instead.
-CRD_FILES = {"servicemonitor.yaml"}
+# Operator's CRDs (nor a way to be given one), so it only warns about them.
+# test_servicemonitor_* and test_prometheusrule_* check those instead.
+CRD_FILES = {"servicemonitor.yaml", "prometheusrule.yaml"}
 SETTING_NAMES = {env_name(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 METRICS_PORT = MetricsSettings().port
 
@@ -222,8 +226,10 @@ def manifests() -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def the(kind: str) -> dict[str, Any]:
-    (found,) = [doc for docs in manifests().values() for doc in docs if doc["kind"] == kind]
+def the(kind: str, name: str = "fleet-bridge") -> dict[str, Any]:
+    (found,) = [
+        doc for docs in manifests().values() for doc in docs if doc["kind"] == kind and doc["metadata"]["name"] == name
+    ]
     return found
 
 
@@ -249,50 +255,98 @@ def test_manifests_pass_kubernetes_validate_strict() -> None:
     assert passed == set(manifests()) - CRD_FILES
 
 
-SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
-    # The fields of monitoring.coreos.com/v1 ServiceMonitor that deploy/k8s uses,
-    # with the CRD's types and duration pattern; anything else is rejected.
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "metadata": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["name"],
-            "properties": {"name": {"type": "string"}, "labels": {"type": "object"}},
+# The Prometheus Operator's duration format (its CRDs' pattern, simplified).
+DURATION: dict[str, Any] = {"type": "string", "pattern": r"^(\d+(ms|s|m|h|d|w|y))+$"}
+STRING_MAP: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def custom_resource(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The schema of a monitoring.coreos.com/v1 object of ``kind``: a name, labels,
+    and ``spec``; anything else is rejected."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "labels": STRING_MAP},
+            },
+            "spec": {"type": "object", "additionalProperties": False, **spec},
         },
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["selector", "endpoints"],
-            "properties": {
-                "selector": {
+    }
+
+
+# The fields deploy/k8s uses of the two CRDs, with the CRDs' types and patterns: a
+# stated equivalent of validating against the CRDs' own schemas, which no offline
+# package ships. The rules' contents are checked by promtool below, as the
+# operator's admission webhook checks them.
+SERVICE_MONITOR_SCHEMA = custom_resource(
+    "ServiceMonitor",
+    {
+        "required": ["selector", "endpoints"],
+        "properties": {
+            "selector": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"matchLabels": STRING_MAP},
+            },
+            "endpoints": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
+                    "required": ["port"],
+                    "properties": {
+                        "port": {"type": "string"},
+                        "path": {"type": "string", "pattern": "^/"},
+                        "interval": DURATION,
+                        "scrapeTimeout": DURATION,
+                    },
                 },
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["port"],
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string", "pattern": "^/"},
-                            "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
-                            "scrapeTimeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
+            },
+        },
+    },
+)
+PROMETHEUS_RULE_SCHEMA = custom_resource(
+    "PrometheusRule",
+    {
+        "required": ["groups"],
+        "properties": {
+            "groups": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name", "rules"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1},
+                        "rules": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["alert", "expr"],
+                                "properties": {
+                                    "alert": {"type": "string"},
+                                    "expr": {"type": "string"},
+                                    "for": DURATION,
+                                    "labels": STRING_MAP,
+                                    "annotations": STRING_MAP,
+                                },
+                            },
                         },
                     },
                 },
             },
         },
     },
-}
+)
 
 
 @pytest.mark.unit
@@ -311,6 +365,34 @@ def test_servicemonitor_is_well_formed_and_scrapes_the_bridge_metrics_port() -> 
     (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
     (container,) = containers(bridge["spec"]["template"]["spec"]).values()
     assert {p["name"]: p["containerPort"] for p in container["ports"]}[port["targetPort"]] == METRICS_PORT
+
+
+@pytest.mark.unit
+def test_monitoring_manifests_are_up_to_date_copies_of_the_rules_and_the_dashboard() -> None:
+    """The PrometheusRule holds exactly alerts.yml's groups and the dashboard ConfigMap
+    exactly the dashboard's JSON, labelled for Grafana's sidecar; regenerating them
+    would change nothing."""
+    yaml = pytest.importorskip("yaml")
+    result = run(sys.executable, str(ROOT / "scripts" / "k8s_monitoring.py"), "--check")
+    assert result.returncode == 0, result.stderr
+    assert the("PrometheusRule")["spec"] == yaml.safe_load(ALERTS.read_text())
+    dashboard = the("ConfigMap", "fleet-bridge-dashboard")
+    assert json.loads(dashboard["data"]["fleet-bridge.json"]) == json.loads(DASHBOARD.read_text())
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+@pytest.mark.unit
+def test_prometheusrule_is_well_formed_and_promtool_accepts_its_rules(tmp_path: Path) -> None:
+    """The PrometheusRule matches the schema of the CRD fields it uses, and its
+    spec, as a rule file, passes promtool check rules."""
+    jsonschema = pytest.importorskip("jsonschema")
+    yaml = pytest.importorskip("yaml")
+    rule = the("PrometheusRule")
+    jsonschema.validate(rule, PROMETHEUS_RULE_SCHEMA)
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    result = run(tool("promtool"), "check", "rules", str(rules))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.unit
@@ -360,7 +442,7 @@ def test_every_pod_is_non_root_read_only_and_without_privileges() -> None:
     """The bridge and the migration Job run non-root, with a read-only root file
     system, no privilege escalation, no capabilities and the runtime's seccomp
     profile; the migration Job runs `migrate` with the bridge's image."""
-    bridge, job = the("StatefulSet"), the("Job")
+    bridge, job = the("StatefulSet"), the("Job", "fleet-bridge-migrate")
     for workload in (bridge, job):
         pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -386,7 +468,7 @@ def test_secrets_are_only_referenced_and_read_from_mounted_files() -> None:
     assert not [key for key in config if "PASSWORD" in key]
     for key in ("FLEET_BRIDGE_DB_DSN", "MIGRATE_DB_DSN"):
         assert urlsplit(config[key]).password is None
-    for workload in (the("StatefulSet"), the("Job")):
+    for workload in (the("StatefulSet"), the("Job", "fleet-bridge-migrate")):
         pod = workload["spec"]["template"]["spec"]
         secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
         for container in containers(pod).values():

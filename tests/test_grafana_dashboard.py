@@ -74,7 +74,7 @@ def test_every_promql_expression_reads_only_exported_series() -> None:
 
 @pytest.mark.unit
 def test_every_contract_metric_is_on_the_dashboard() -> None:
-    """Every metric family of the registry (CONTRACT section 8) appears in some panel."""
+    """Every metric family of the registry (docs/contract.md section 8) appears in some panel."""
     used = set().union(*(metric_names(t["expr"]) for t in targets(dashboard(), "prometheus")))
     for family in Metrics().registry.collect():
         assert any(name.startswith(family.name) for name in used), f"{family.name} is on no panel"

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from bridge.config import load_settings
 from bridge.errors import ConfigError
-from bridge.ingest.parse import DEVICE_ID, KWH_LIMIT, ParseRules, Reading, Reject, parse_message
+from bridge.ingest.parse import DEVICE_ID, KWH_LIMIT, ParseRules, Reading, Reject, RejectReason, parse_message
 from tests.support.services import ROOT
 
 pytestmark = pytest.mark.unit
@@ -28,11 +28,8 @@ pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 RULES = ParseRules()
 GOOD = {"ts": "2026-11-27T11:59:00Z", "kwh_consumed_ac": 0.5}
-# Every reason code of the contract (section 2); db_error is the writer's.
-REASONS = {
-    "invalid_json", "not_object", "missing_field", "bad_type", "out_of_range", "bad_timestamp",
-    "future_timestamp", "too_old", "bad_device_id", "id_mismatch", "payload_too_large", "unknown_topic",
-}  # fmt: skip
+# The parser's reason codes: db_error is the writer's.
+REASONS = set(RejectReason) - {RejectReason.DB_ERROR}
 # Rejects are stored: a detail quotes at most 80 characters of any input, escaped.
 MAX_DETAIL = 1024
 # The largest payload cap the settings allow: hostile JSON is refused at any cap.

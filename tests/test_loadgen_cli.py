@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import argparse
 import collections
+import io
 from pathlib import Path
 
 import pytest
 
-from loadgen.cli import broker_settings, build_parser, default_start_ms, main, parse_duration, run_spec, write_mapping
-from loadgen.display import progress_text, summarize, summary_text
+from loadgen.cli import (
+    broker_settings,
+    build_parser,
+    default_start_ms,
+    main,
+    parse_duration,
+    run_spec,
+    uncovered_duration,
+    write_mapping,
+)
+from loadgen.display import ProgressDisplay, progress_text, summarize, summary_text
 from loadgen.faults import FaultRates
 from loadgen.plan import RunSpec
 from loadgen.publisher import BrokerTarget, Progress, RunOutcome, WorkerResult
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -103,9 +114,9 @@ def test_broker_settings_come_from_the_bridges_variables_and_flags_override_them
 
 
 def test_invalid_broker_settings_exit_2_naming_the_key(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """The bridge's validation applies: a bad prefix is a configuration error."""
+    """The bridge's validation applies: a bad prefix is a configuration error naming the flag."""
     assert main(["run", "--topic-prefix", "no-slash", "--out", str(tmp_path)]) == 2
-    assert "mqtt.topic_prefix" in capsys.readouterr().err
+    assert "invalid setting --topic-prefix (mqtt.topic_prefix)" in capsys.readouterr().err
 
 
 def test_the_mapping_pairs_each_vehicle_with_its_meter(tmp_path: Path) -> None:
@@ -145,3 +156,37 @@ def test_the_summary_states_rate_and_faults_by_kind() -> None:
     assert "published 1,000 messages in 2.0 s: 500 msg/s (2 processes, as fast as possible)" in text
     assert "late 3" in text
     assert "bad_type 2" in text
+
+
+def test_a_duration_that_is_not_whole_intervals_is_warned_about(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--duration 30s --interval 20s simulates one interval: the run says so on
+    stderr before it starts (here it then fails: no broker listens)."""
+    assert uncovered_duration(args("--duration", "10m"), run_spec(args("--duration", "10m"), NOW_MS)) is None
+    argv = ["--duration", "30s", "--interval", "20s"]
+    warning = uncovered_duration(args(*argv), run_spec(args(*argv), NOW_MS))
+    assert warning == "--duration 30 s is not a whole number of --interval 20 s: simulating 1 interval(s), 20 s"
+    assert main(["run", *argv, "--host", "127.0.0.1", "--port", str(free_port()), "--out", str(tmp_path)]) == 1
+    assert f"fleet-loadgen: warning: {warning}" in capsys.readouterr().err
+
+
+def test_help_states_the_shortest_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    """`fleet-loadgen run --help` says how short --interval may be."""
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "at least 20s" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_the_display_ends_on_the_last_progress_it_was_given(tty: bool) -> None:
+    """An update that comes too soon after the last one drawn is not lost: closing
+    the display draws it, so a finished run ends on its 100 % line."""
+    out = io.StringIO()
+    display = ProgressDisplay(out, tty=tty, every_s=3600)
+    display(Progress(published=10, simulated_fraction=0.5, elapsed_s=1.0))
+    display(Progress(published=20, simulated_fraction=1.0, elapsed_s=1.1))
+    display.close()
+    last = out.getvalue().replace("\r", "\n").rstrip("\n").splitlines()[-1]
+    assert "100.0% of simulated time, 20 published" in last
+    assert out.getvalue().endswith("\n")

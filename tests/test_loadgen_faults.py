@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bridge.ingest.parse import ParseRules, Reading, Reject, parse_message
+from bridge.ingest.parse import ParseRules, Reading, Reject, RejectReason, parse_message
 from loadgen.faults import MALFORMED_REASONS, FaultInjector, FaultRates, Outgoing, malformed_message
 from loadgen.plan import RunSpec, plan
 from loadgen.simulation import PairSim, SimReading
@@ -114,7 +114,7 @@ def test_skewed_vehicle_readings_are_more_than_5_s_from_every_meter_reading() ->
 
 @pytest.mark.parametrize("reason", MALFORMED_REASONS)
 @pytest.mark.parametrize("stream", [0, 1], ids=["meter", "vehicle"])
-def test_each_malformed_message_is_rejected_by_the_bridge_for_its_reason(reason: str, stream: int) -> None:
+def test_each_malformed_message_is_rejected_by_the_bridge_for_its_reason(reason: RejectReason, stream: int) -> None:
     """The bridge's own parser, at its default settings, rejects each kind of
     malformed message with exactly the reason code it is labelled with."""
     reading = PairSim(1, seed=1, start_ms=START_MS, interval_ms=MINUTE_MS).step(0)[stream]

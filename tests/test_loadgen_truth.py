@@ -1,4 +1,4 @@
-"""The ground truth: CONTRACT section 6's pairing rule and hourly rows, computed
+"""The ground truth: docs/contract.md section 6's pairing rule and hourly rows, computed
 independently of the report's SQL."""
 
 from __future__ import annotations

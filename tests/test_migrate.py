@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 
 import asyncpg
@@ -10,6 +11,7 @@ import pytest
 
 from bridge import clock
 from bridge.commands.cli import main
+from bridge.ingest.parse import RejectReason
 from bridge.schema.partitions import partition_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.clock]
@@ -86,3 +88,16 @@ async def test_history_primary_keys_and_no_default_partition(db: asyncpg.Connect
             f'"{schema}".{table}',
         )
         assert default == 0
+
+
+async def test_rejects_check_constraint_allows_exactly_the_reject_reasons(db: asyncpg.Connection, schema: str) -> None:
+    """The CHECK on ingest_rejects.reason, as the migrated schema has it, lists exactly
+    bridge.ingest.parse.RejectReason: a code missing there would fail every batch
+    holding such a reject, a code only there could never be counted."""
+    definition = await db.fetchval(
+        "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c"
+        " JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)"
+        " WHERE c.conrelid = $1::regclass AND c.contype = 'c' AND a.attname = 'reason'",
+        f'"{schema}".ingest_rejects',
+    )
+    assert set(re.findall(r"'(\w+)'::text", definition)) == set(RejectReason)

@@ -27,7 +27,7 @@ from bridge.config import load_settings
 from bridge.errors import ConfigError
 from tests.support.helpers import BridgeProcess, meter_payload, run_cli, wait_for
 from tests.support.security_helpers import device_publish, mosquitto_password_entry
-from tests.support.services import ROOT, Choice, MosquittoProcess
+from tests.support.services import ROOT, MosquittoProcess
 from tests.support.tls_certs import CertificateAuthority, openssl_available
 
 pytestmark = pytest.mark.clock
@@ -99,24 +99,16 @@ def secure_config(pki: Pki, server: tuple[Path, Path], *, require_certificate: b
 
 
 @pytest.fixture
-def secure_broker(mosquitto_choice: Choice, pki: Pki) -> Iterator[Callable[..., MosquittoProcess]]:
+def secure_broker(private_broker_with: Callable[..., MosquittoProcess], pki: Pki) -> Callable[..., MosquittoProcess]:
     """``secure_broker(server, require_certificate=..., acl=...)`` starts a private TLS broker."""
-    if mosquitto_choice.branch != "binary":
-        pytest.skip("the TLS broker needs the mosquitto binary on this machine")
-    started: list[MosquittoProcess] = []
 
     def start(
         server: tuple[Path, Path] | None = None, *, require_certificate: bool = False, acl: Path = MOSQUITTO_DIR / "acl"
     ) -> MosquittoProcess:
         before, listener = secure_config(pki, server or pki.server, require_certificate=require_certificate, acl=acl)
-        proc = MosquittoProcess(mosquitto_choice.value, config_text=before, extra_config=listener)
-        started.append(proc)
-        proc.start()
-        return proc
+        return private_broker_with(listener, config_text=before)
 
-    yield start
-    for proc in started:
-        proc.close()
+    return start
 
 
 def tls_env(broker: MosquittoProcess, ca: Path, **extra: str) -> dict[str, str]:

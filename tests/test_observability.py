@@ -12,15 +12,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import orjson
 import pytest
 
-from bridge import clock
+from bridge import __version__, clock
 from tests.support.helpers import BridgeProcess, Scrape, meter_payload, publish_async, vehicle_payload, wait_for
 from tests.support.tcp_proxy import TcpProxy, through_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
-# CONTRACT section 8: name -> (type, label names).
+# docs/contract.md section 8: name -> (type, label names).
 CONTRACT_METRICS = {
     "fleet_bridge_messages_received_total": ("counter", {"stream"}),
     "fleet_bridge_rows_written_total": ("counter", {"stream"}),
@@ -37,7 +38,10 @@ CONTRACT_METRICS = {
     "fleet_bridge_last_commit_timestamp_seconds": ("gauge", set()),
     "fleet_bridge_devices_stale": ("gauge", {"stream"}),
     "fleet_bridge_sequence_gaps_total": ("counter", {"stream"}),
+    "fleet_bridge_build_info": ("gauge", {"version", "python", "mqtt_reader"}),
 }
+# prometheus-client's process and platform collectors, as families.
+PROCESS_FAMILIES = ("process_resident_memory_bytes", "process_cpu_seconds", "process_open_fds", "python_info")
 STREAMS = ("meter", "vehicle")
 STALE_AFTER_S = 240  # between the fresh readings (seconds old) and the old ones (10 min)
 OLD = timedelta(minutes=10)
@@ -87,7 +91,8 @@ async def test_metrics_after_a_load_agree_with_the_database(
     start_bridge: Callable[..., BridgeProcess],
 ) -> None:
     """After a small load with duplicates, rejects and 10-minute-old readings, one scrape
-    has every contract metric with its type and labels; rows written equal history
+    has every contract metric with its type and labels, the process series and the
+    build (whose version bridge_started logs too); rows written equal history
     rows, rejects equal ingest_rejects rows (per reason); old readings sit in the
     (300 s, 1200 s] lag buckets; stale devices are counted; promtool accepts it."""
     bridge = start_bridge(FLEET_BRIDGE_METRICS_STALE_AFTER_S=str(STALE_AFTER_S))
@@ -116,6 +121,12 @@ async def test_metrics_after_a_load_agree_with_the_database(
         assert family.samples, name
         for sample in family.samples:
             assert set(sample.labels) - {"le"} == labels, (name, sample)
+
+    assert set(PROCESS_FAMILIES) <= set(m.families)
+    assert m.value("process_resident_memory_bytes") > 0
+    assert m.value("fleet_bridge_build_info", version=__version__, mqtt_reader="fast") == 1
+    (started,) = [line for line in bridge.logs().splitlines() if '"event": "bridge_started"' in line]
+    assert orjson.loads(started)["version"] == __version__
 
     for stream in STREAMS:
         history = await table_count(db, schema, f"{stream}_telemetry_history")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 
 import pytest
 
@@ -50,13 +51,22 @@ def test_promtool_accepts_the_shipped_files(args: tuple[str, ...]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_alert_has_a_summary_a_runbook_and_a_severity() -> None:
-    """Each alert tells the on-call what is wrong and what to do first."""
+def test_every_alert_has_a_summary_a_description_a_runbook_url_and_a_severity() -> None:
+    """Each alert tells the on-call what is wrong (summary), what to look at first
+    (description) and where its runbook is: runbook_url, the alert's section of
+    docs/observability.md in the project's repository (pyproject's Source URL)."""
+    source = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Source"]
+    sections = re.findall(r"^### (\w+)$", (ROOT / "docs" / "observability.md").read_text(), re.MULTILINE)
     blocks = alert_blocks()
     assert len(blocks) >= 8
     for name, block in blocks.items():
-        for key in ("summary", "runbook", "severity"):
+        for key in ("summary", "description", "severity"):
             assert re.search(rf"^\s+{key}: \S", block, re.MULTILINE), f"{name} has no {key}"
+        assert re.search(r"^\s+runbook:", block, re.MULTILINE) is None, f"{name}: runbook_url is the convention"
+        url = re.search(r'^\s+runbook_url: "(\S+)"$', block, re.MULTILINE)
+        assert url is not None, f"{name} has no runbook_url"
+        assert url[1] == f"{source}/blob/main/docs/observability.md#{name.lower()}"
+        assert name in sections, f"{name} has no section in docs/observability.md"
 
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:

@@ -125,8 +125,8 @@ async def test_no_output_of_the_daemon_or_the_commands_contains_a_password(
 ) -> None:
     """With unique marker passwords for MQTT and the database (in the DSN, in
     FLEET_BRIDGE_DB_PASSWORD and in FLEET_BRIDGE_DB_PASSWORD_FILE), the daemon
-    (working, and with both links down), check, migrate, partitions, status and
-    configuration errors produce output in which no marker appears: log files,
+    (working, and with both links down), check, migrate, partitions, status, config
+    and configuration errors produce output in which no marker appears: log files,
     stdout, stderr, /metrics, /readyz, /healthz and the settings' repr."""
     mqtt_pw, dsn_pw, db_pw, file_pw = (marker(w) for w in ("mqttpw", "dsnpw", "dbpw", "filepw"))
     password_file = tmp_path / "db-password"
@@ -179,11 +179,13 @@ async def test_no_output_of_the_daemon_or_the_commands_contains_a_password(
         "migrate, password file": (["migrate"], file_env),
         "migrate, database down": (["migrate"], {**secret_env, "FLEET_BRIDGE_DB_DSN": down_dsn}),
         "status": (["status", "--format", "json"], file_env),
+        "config": (["config"], file_env),
+        "config json": (["config", "--format", "json"], secret_env),
         "config error": (["run"], {**secret_env, "FLEET_BRIDGE_BATCH_MAX_ROWS": "many"}),
         "malformed dsn": (["migrate"], {**secret_env, "FLEET_BRIDGE_DB_DSN": MALFORMED_DSNS[0].format(pw=dsn_pw)}),
         "malformed dsn flag": (["check", "--set", f"db.dsn={MALFORMED_DSNS[4].format(pw=dsn_pw)}"], secret_env),
     }
-    expected_exit = {"migrate": 0, "migrate, password file": 0, "status": 0}
+    expected_exit = {"migrate": 0, "migrate, password file": 0, "status": 0, "config": 0, "config json": 0}
     expected_exit |= {"config error": 2, "malformed dsn": 2, "malformed dsn flag": 2}
     for name, (args, env) in commands.items():
         result = run_cli(args, env)

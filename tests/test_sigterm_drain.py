@@ -1,5 +1,6 @@
-"""SIGTERM, as systemd (KillSignal=SIGTERM) and Kubernetes send it, while readings flow:
-the daemon drains and exits 0 within the unit's TimeoutStopSec, and nothing is lost."""
+"""SIGTERM, as systemd (KillSignal=SIGTERM) and Kubernetes send it, and SIGHUP, while
+readings flow: the daemon drains and exits 0 within the unit's TimeoutStopSec, and
+nothing is lost."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import asyncpg
+import orjson
 import pytest
 
 from bridge import clock
@@ -41,7 +43,9 @@ async def stored(db: asyncpg.Connection, schema: str) -> set[Key]:
     return {(r["id"], r["recorded_at"]) for r in rows}
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: signal.Signals(s).name)
 async def test_sigterm_while_readings_flow_drains_exits_0_within_timeout_stop_sec_and_loses_nothing(
+    signum: int,
     db: asyncpg.Connection,
     schema: str,
     prefix: str,
@@ -52,7 +56,8 @@ async def test_sigterm_while_readings_flow_drains_exits_0_within_timeout_stop_se
     code 0 before the unit's TimeoutStopSec (when systemd would SIGKILL it). What it
     had taken is committed; what the broker still held, or received after the exit,
     waits in the bridge's persistent session: a restarted bridge with the same
-    client id stores it, so every published reading ends up in history exactly."""
+    client id stores it, so every published reading ends up in history exactly.
+    SIGHUP (a closed terminal, or a reload request) stops the bridge the same way."""
     bound = timeout_stop_s()
     start = clock.now().replace(microsecond=0) - timedelta(hours=1)
     bridge = start_bridge()
@@ -82,7 +87,7 @@ async def test_sigterm_while_readings_flow_drains_exits_0_within_timeout_stop_se
     await wait_for(flowing, timeout=60, what="the bridge to store ten chunks")
     assert not publisher.done()  # readings are still being published
 
-    bridge.signal(signal.SIGTERM)
+    bridge.signal(signum)
     signalled = time.monotonic()
     exit_code = await asyncio.to_thread(bridge.wait, bound)  # raises TimeoutExpired past the bound
     drain_s = time.monotonic() - signalled
@@ -93,6 +98,8 @@ async def test_sigterm_while_readings_flow_drains_exits_0_within_timeout_stop_se
 
     assert exit_code == 0, bridge.logs()[-3000:]
     assert drain_s < bound
+    stops = [orjson.loads(line) for line in bridge.logs().splitlines() if '"event": "stopping"' in line]
+    assert [stop["signal"] for stop in stops] == [signal.Signals(signum).name]
     assert '"event": "bridge_stopped"' in bridge.logs()
     assert len(await stored(db, schema)) < len(expected) == chunks * 2 * DEVICES
 

@@ -31,3 +31,17 @@ def test_each_command_prints_that_version(module: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [f"fleet-{module}", PYPROJECT_VERSION]
+
+
+def test_pyproject_names_its_urls_and_a_build_backend_that_reads_its_license() -> None:
+    """project.urls names the repository, its issues and changelog; the license is
+    an SPDX expression (PEP 639), which setuptools reads from version 77 on, so the
+    build backend asks for at least that."""
+    requirements = pytest.importorskip("packaging.requirements")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert {"Source", "Issues", "Changelog", "Documentation"} <= set(pyproject["project"]["urls"])
+    assert isinstance(pyproject["project"]["license"], str)
+    (setuptools,) = [requirements.Requirement(r) for r in pyproject["build-system"]["requires"]]
+    assert setuptools.name == "setuptools"
+    assert "76.99" not in setuptools.specifier
+    assert "77.0" in setuptools.specifier

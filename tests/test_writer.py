@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from bridge.ingest.batch import Batch
-from bridge.ingest.parse import ParseRules, Reading, Reject, parse_message
+from bridge.ingest.parse import ParseRules, Reading, Reject, RejectReason, parse_message
 from bridge.ingest.store import WriteOutcome
 from bridge.ingest.writer import Writer
 from bridge.metrics import Health, Metrics
@@ -103,7 +103,7 @@ async def test_a_refused_row_is_isolated_and_the_rest_is_stored() -> None:
     down to the one refused reading, which becomes a db_error reject carrying the
     SQLSTATE, stored beside the batch's own rejects; the other readings are stored."""
     store, metrics = FakeStore(refused=frozenset({"MTR-5"})), Metrics()
-    own_reject = Reject("invalid_json", "not JSON", "meter/X", b"{", NOW)
+    own_reject = Reject(RejectReason.INVALID_JSON, "not JSON", "meter/X", b"{", NOW)
     batch = Batch(readings=readings(8), rejects=[own_reject])
 
     outcome = await Writer(store, metrics, Health()).write(batch)

@@ -1,4 +1,4 @@
-"""The charging-efficiency report (CONTRACT section 6): read-only SQL, typed rows.
+"""The charging-efficiency report (docs/contract.md section 6): read-only SQL, typed rows.
 
 Each vehicle reading is paired with the ONE reading of its mapped meter nearest
 in time within ``PAIR_WINDOW`` (a tie goes to the earlier meter reading). The

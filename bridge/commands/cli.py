@@ -15,18 +15,18 @@ import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-import aiomqtt
 import structlog
 
 from bridge import __version__
 from bridge.commands.adopt import add_adopt_arguments, cmd_adopt_session
+from bridge.commands.config import cmd_config
 from bridge.commands.mapping import add_import_arguments, cmd_mapping_import
 from bridge.commands.report import add_report_arguments, cmd_report
 from bridge.commands.status import fetch_status, render_json, render_table
-from bridge.config import Settings, load_settings
-from bridge.db import connect
-from bridge.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
-from bridge.ingest.link import tls_options
+from bridge.config import Settings, load_settings, unknown_variables
+from bridge.db import NOT_MIGRATED, connect, db_address
+from bridge.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BridgeError, ConfigError, reason
+from bridge.ingest.link import side_client, warn_if_tls_insecure
 from bridge.ingest.service import run_daemon
 from bridge.logs import configure_logging
 from bridge.redact import redact, secret_values
@@ -80,7 +80,9 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         log.info("stopping", signal=signal.Signals(signum).name)
         stop.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: a reload would have to swap connections under the intake, so a
+    # hang-up stops the bridge as cleanly as SIGTERM does (a supervisor restarts it).
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal, signum)
     collect_garbage_less_often()
     await run_daemon(settings, stop)
@@ -98,36 +100,42 @@ def collect_garbage_less_often() -> None:
 
 
 async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    """Probe both links; exit 0 only when both answer."""
-    problems = []
-    try:
-        conn = await connect(settings)
-        try:
-            await conn.fetchval("SELECT 1")
-        finally:
-            await conn.close()
-    except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        problems.append(f"database: {type(exc).__name__}: {exc}")
-    try:
-        # A throwaway client id: reusing the daemon's would take over its session.
-        async with aiomqtt.Client(
-            settings.mqtt.host,
-            settings.mqtt.port,
-            identifier=f"{settings.mqtt.client_id}-check-{uuid.uuid4().hex[:8]}",
-            username=settings.mqtt.username,
-            password=settings.mqtt_password(),
-            tls_params=aiomqtt.TLSParameters(**options) if (options := tls_options(settings)) else None,
-            tls_insecure=settings.mqtt.tls_insecure or None,
-            timeout=args.timeout,
-        ):
-            pass
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"mqtt: {type(exc).__name__}: {exc}")
+    """Probe both links at once, each within --timeout; exit 0 only when both answer."""
+    warn_if_tls_insecure(settings)
+    problems = [
+        p
+        for p in await asyncio.gather(_probe_database(settings, args.timeout), _probe_broker(settings, args.timeout))
+        if p
+    ]
     for problem in problems:
         print(redact(problem, secret_values(settings)), file=sys.stderr)
     if not problems:
         print("ok: database and mqtt reachable")
     return EXIT_FAILURE if problems else EXIT_OK
+
+
+async def _probe_database(settings: Settings, wait_s: float) -> str | None:
+    try:
+        async with asyncio.timeout(wait_s):
+            conn = await connect(settings)
+            try:
+                await conn.fetchval("SELECT 1")
+            finally:
+                await conn.close()
+    except TimeoutError:
+        return f"database at {db_address(settings.db.dsn.reveal())}: no answer within {wait_s:g} s"
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        return f"database: {reason(exc)}"
+    return None
+
+
+async def _probe_broker(settings: Settings, wait_s: float) -> str | None:
+    try:
+        async with side_client(settings, f"check-{uuid.uuid4().hex[:8]}", timeout=wait_s):
+            pass
+    except Exception as exc:  # noqa: BLE001
+        return f"mqtt at {settings.mqtt.host}:{settings.mqtt.port}: {reason(exc)}"
+    return None
 
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -204,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_arguments(add("report", cmd_report, "hourly charging efficiency (DC / AC) per vehicle"))
     adopt_help = "store what a replica that will not return left in its MQTT session, then end the session"
     add_adopt_arguments(add("adopt-session", cmd_adopt_session, adopt_help))
+    config = add("config", cmd_config, "the effective settings and where each came from (file, variable, flag)")
+    config.add_argument("--format", choices=["table", "json"], default="table", help="output format")
     # `mapping` has one action so far, `import`; the nested parser makes it required.
     mapping = add("mapping", cmd_mapping_import, "manage the vehicle-to-meter mapping")
     actions = mapping.add_subparsers(dest="mapping_command", required=True, metavar="ACTION")
@@ -220,9 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["log.level"] = args.log_level
     secrets: tuple[str, ...] = ()
     try:
-        settings = load_settings(args.config, overrides=overrides)
+        settings = load_settings(args.config, overrides=overrides, flags={"log.level": "--log-level"})
         secrets = secret_values(settings)
         configure_logging(settings.log.level, settings.log.format, secrets)
+        for variable, match in unknown_variables(os.environ):
+            log.warning("unknown_variable", variable=variable, did_you_mean=match, detail="not a setting: ignored")
         return int(run_coroutine(args.handler(settings, args)))
     except ConfigError as exc:
         print(f"fleet-bridge: configuration error: {exc}", file=sys.stderr)
@@ -232,5 +244,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"fleet-bridge {args.command}: {type(exc).__name__}: {redact(str(exc), secrets)}", file=sys.stderr)
+        print(f"fleet-bridge {args.command}: {redact(failure_text(exc, settings), secrets)}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def failure_text(exc: Exception, settings: Settings) -> str:
+    """The one line an error becomes: the bridge's own errors are written for people,
+    a schema without the tables says what to run, anything else keeps its type."""
+    if isinstance(exc, NOT_MIGRATED):
+        return f"schema {settings.db.schema} is not migrated: run fleet-bridge migrate"
+    if isinstance(exc, BridgeError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

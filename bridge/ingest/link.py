@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self
 from urllib.parse import quote
 
+import aiomqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -31,8 +32,10 @@ __all__ = [
     "Publish",
     "connect_properties",
     "control_topic",
+    "side_client",
     "subscription_filters",
     "tls_options",
+    "warn_if_tls_insecure",
 ]
 
 log = structlog.get_logger("bridge.ingest.link")
@@ -119,6 +122,12 @@ def connect_properties(settings: Settings, receive_maximum: int) -> Properties:
     return props
 
 
+def warn_if_tls_insecure(settings: Settings) -> None:
+    """Once per process: the broker's certificate name goes unchecked."""
+    if settings.mqtt.tls_ca_file is not None and settings.mqtt.tls_insecure:
+        log.warning("mqtt_tls_insecure", detail="the broker certificate's host name is not checked")
+
+
 def tls_options(settings: Settings) -> dict[str, Any] | None:
     """Keyword arguments of paho's ``tls_set`` (and aiomqtt's ``TLSParameters``),
     or None without TLS: the server certificate is always verified; only its host
@@ -126,8 +135,6 @@ def tls_options(settings: Settings) -> dict[str, Any] | None:
     mqtt = settings.mqtt
     if mqtt.tls_ca_file is None:
         return None
-    if mqtt.tls_insecure:
-        log.warning("mqtt_tls_insecure", detail="the broker certificate's host name is not checked")
     return {
         "ca_certs": mqtt.tls_ca_file,
         "certfile": mqtt.tls_cert_file,
@@ -135,3 +142,21 @@ def tls_options(settings: Settings) -> dict[str, Any] | None:
         "cert_reqs": ssl.CERT_REQUIRED,
         "tls_version": ssl.PROTOCOL_TLS_CLIENT,
     }
+
+
+def side_client(settings: Settings, purpose: str, **options: Any) -> aiomqtt.Client:
+    """An aiomqtt client for a side connection (``check``, presence, the broker's
+    $SYS figures): the intake's broker, login and TLS, and a client id of its own
+    (``<client id>-<purpose>``; reusing the intake's would take over its session)."""
+    mqtt = settings.mqtt
+    tls = tls_options(settings)
+    return aiomqtt.Client(
+        mqtt.host,
+        mqtt.port,
+        identifier=f"{mqtt.client_id}-{purpose}",
+        username=mqtt.username,
+        password=settings.mqtt_password(),
+        tls_params=aiomqtt.TLSParameters(**tls) if tls else None,
+        tls_insecure=mqtt.tls_insecure or None,
+        **options,
+    )

@@ -7,6 +7,7 @@ maps to one of the contract's reason codes, with a human-readable detail.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import re
 from datetime import UTC, date, datetime, timedelta
@@ -16,7 +17,7 @@ import orjson
 
 from bridge.streams import STREAMS, VEHICLE, StreamSpec
 
-__all__ = ["ParseRules", "Reading", "Reject", "oldest_accepted_day", "parse_message"]
+__all__ = ["ParseRules", "Reading", "Reject", "RejectReason", "oldest_accepted_day", "parse_message"]
 
 DEVICE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 # RFC 3339 date-time; the offset is mandatory (a naive time is ambiguous).
@@ -27,6 +28,30 @@ EPOCH_MS_MAX: Final = 4_102_444_800_000  # 2100-01-01
 KWH_LIMIT: Final = 1000.0
 SEQ_MAX: Final = 2**63 - 1
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class RejectReason(enum.StrEnum):
+    """Why a message is in ``ingest_rejects``: the one list of reason codes.
+
+    docs/contract.md section 2 says what each means, with an example; the
+    migration's CHECK constraint, the metrics' ``reason`` label and the load
+    generator's malformed messages are tested against this list.
+    """
+
+    INVALID_JSON = "invalid_json"
+    NOT_OBJECT = "not_object"
+    MISSING_FIELD = "missing_field"
+    BAD_TYPE = "bad_type"
+    OUT_OF_RANGE = "out_of_range"
+    BAD_TIMESTAMP = "bad_timestamp"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    TOO_OLD = "too_old"
+    BAD_DEVICE_ID = "bad_device_id"
+    ID_MISMATCH = "id_mismatch"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNKNOWN_TOPIC = "unknown_topic"
+    # Not the parser's: the writer's, for a reading the database itself refused.
+    DB_ERROR = "db_error"
 
 
 class Reading(NamedTuple):
@@ -50,7 +75,7 @@ class Reading(NamedTuple):
 class Reject(NamedTuple):
     """A message that cannot be stored as a reading, and why."""
 
-    reason: str
+    reason: RejectReason
     detail: str
     topic: str
     payload: bytes
@@ -70,7 +95,7 @@ class ParseRules:
 class _Invalid(Exception):
     """Internal: carries a reason code out of the nested checks."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
@@ -92,73 +117,73 @@ def parse_message(topic: str, payload: bytes, received_at: datetime, rules: Pars
 def _parse(topic: str, payload: bytes, received_at: datetime, rules: ParseRules) -> Reading:
     spec, device_id = _split_topic(topic, rules.topic_prefix)
     if len(payload) > rules.max_payload_bytes:
-        raise _Invalid("payload_too_large", f"{len(payload)} bytes > limit {rules.max_payload_bytes}")
+        raise _Invalid(RejectReason.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes > limit {rules.max_payload_bytes}")
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise _Invalid("invalid_json", f"not UTF-8 JSON: {exc}") from None
+        raise _Invalid(RejectReason.INVALID_JSON, f"not UTF-8 JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise _Invalid("not_object", f"payload is a JSON {type(doc).__name__}, not an object")
+        raise _Invalid(RejectReason.NOT_OBJECT, f"payload is a JSON {type(doc).__name__}, not an object")
 
     named = doc.get(spec.id_field)
     if named is not None:
         if not isinstance(named, str):
-            raise _Invalid("bad_type", f"{spec.id_field} must be a string")
+            raise _Invalid(RejectReason.BAD_TYPE, f"{spec.id_field} must be a string")
         if named != device_id:
-            raise _Invalid("id_mismatch", f"{spec.id_field} {named[:80]!r} != topic id {device_id!r}")
+            raise _Invalid(RejectReason.ID_MISMATCH, f"{spec.id_field} {named[:80]!r} != topic id {device_id!r}")
 
     if "ts" not in doc:
-        raise _Invalid("missing_field", "ts is required")
+        raise _Invalid(RejectReason.MISSING_FIELD, "ts is required")
     recorded_at = _timestamp(doc["ts"])
     if recorded_at - received_at > rules.max_future_skew:
-        raise _Invalid("future_timestamp", f"ts {recorded_at.isoformat()} is ahead of receive time")
+        raise _Invalid(RejectReason.FUTURE_TIMESTAMP, f"ts {recorded_at.isoformat()} is ahead of receive time")
     if recorded_at.date() < oldest_accepted_day(received_at, rules.retention_days):
-        raise _Invalid("too_old", f"ts {recorded_at.isoformat()} is outside the retention window")
+        raise _Invalid(RejectReason.TOO_OLD, f"ts {recorded_at.isoformat()} is outside the retention window")
 
     if spec.energy_field not in doc or doc[spec.energy_field] is None:
-        raise _Invalid("missing_field", f"{spec.energy_field} is required")
+        raise _Invalid(RejectReason.MISSING_FIELD, f"{spec.energy_field} is required")
     values = tuple([_number(doc, name) for name in spec.value_fields])
     energy = values[0]
     assert energy is not None  # checked just above
     if not 0.0 <= energy < KWH_LIMIT:
-        raise _Invalid("out_of_range", f"{spec.energy_field}={energy} not in [0, {KWH_LIMIT:g})")
+        raise _Invalid(RejectReason.OUT_OF_RANGE, f"{spec.energy_field}={energy} not in [0, {KWH_LIMIT:g})")
     if spec is VEHICLE:
         soc = values[2]
         if soc is not None and not 0.0 <= soc <= 100.0:
-            raise _Invalid("out_of_range", f"soc_pct={soc} not in [0, 100]")
+            raise _Invalid(RejectReason.OUT_OF_RANGE, f"soc_pct={soc} not in [0, 100]")
     return Reading(spec, device_id, recorded_at, received_at, values, _seq(doc), topic, payload)
 
 
 def _split_topic(topic: str, prefix: str) -> tuple[StreamSpec, str]:
     if not topic.startswith(prefix):
-        raise _Invalid("unknown_topic", "topic lacks the configured prefix")
+        raise _Invalid(RejectReason.UNKNOWN_TOPIC, "topic lacks the configured prefix")
     stream, sep, device_id = topic[len(prefix) :].partition("/")
     spec = STREAMS.get(stream)
     if spec is None or not sep:
-        raise _Invalid("unknown_topic", "expected meter/{id} or vehicle/{id}")
+        raise _Invalid(RejectReason.UNKNOWN_TOPIC, "expected meter/{id} or vehicle/{id}")
     if DEVICE_ID.fullmatch(device_id) is None:
-        raise _Invalid("bad_device_id", f"device id {device_id[:80]!r} is not allowed")
+        raise _Invalid(RejectReason.BAD_DEVICE_ID, f"device id {device_id[:80]!r} is not allowed")
     return spec, device_id
 
 
 def _timestamp(raw: object) -> datetime:
     if isinstance(raw, bool):
-        raise _Invalid("bad_type", "ts must be an RFC 3339 string or epoch milliseconds")
+        raise _Invalid(RejectReason.BAD_TYPE, "ts must be an RFC 3339 string or epoch milliseconds")
     if isinstance(raw, int | float):
         if not (math.isfinite(raw) and EPOCH_MS_MIN <= raw < EPOCH_MS_MAX):
-            raise _Invalid("bad_timestamp", f"ts {raw!r} is not epoch milliseconds in 2000-2099")
+            raise _Invalid(RejectReason.BAD_TIMESTAMP, f"ts {raw!r} is not epoch milliseconds in 2000-2099")
         return EPOCH + timedelta(milliseconds=raw)
     if not isinstance(raw, str):
-        raise _Invalid("bad_type", "ts must be an RFC 3339 string or epoch milliseconds")
+        raise _Invalid(RejectReason.BAD_TYPE, "ts must be an RFC 3339 string or epoch milliseconds")
     match = RFC3339.fullmatch(raw)
     if match is None:
-        raise _Invalid("bad_timestamp", f"ts {raw[:80]!r} is not RFC 3339")
+        raise _Invalid(RejectReason.BAD_TIMESTAMP, f"ts {raw[:80]!r} is not RFC 3339")
     if match["offset"] is None:
-        raise _Invalid("bad_timestamp", f"ts {raw!r} has no UTC offset (ambiguous)")
+        raise _Invalid(RejectReason.BAD_TIMESTAMP, f"ts {raw!r} has no UTC offset (ambiguous)")
     try:
         return datetime.fromisoformat(raw.upper()).astimezone(UTC)
     except (ValueError, OverflowError):
-        raise _Invalid("bad_timestamp", f"ts {raw!r} is not a valid date and time") from None
+        raise _Invalid(RejectReason.BAD_TIMESTAMP, f"ts {raw!r} is not a valid date and time") from None
 
 
 def _number(doc: dict[str, object], name: str) -> float | None:
@@ -168,13 +193,13 @@ def _number(doc: dict[str, object], name: str) -> float | None:
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise _Invalid("bad_type", f"{name} must be a number")
+        raise _Invalid(RejectReason.BAD_TYPE, f"{name} must be a number")
     try:
         value = float(raw)
     except OverflowError:
-        raise _Invalid("out_of_range", f"{name} is too large") from None
+        raise _Invalid(RejectReason.OUT_OF_RANGE, f"{name} is too large") from None
     if not math.isfinite(value):
-        raise _Invalid("out_of_range", f"{name} must be finite")
+        raise _Invalid(RejectReason.OUT_OF_RANGE, f"{name} must be finite")
     return value
 
 
@@ -183,7 +208,7 @@ def _seq(doc: dict[str, object]) -> int | None:
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, int):
-        raise _Invalid("bad_type", "seq must be an integer")
+        raise _Invalid(RejectReason.BAD_TYPE, "seq must be an integer")
     if not 0 <= raw <= SEQ_MAX:
-        raise _Invalid("out_of_range", "seq must be between 0 and 2^63-1")
+        raise _Invalid(RejectReason.OUT_OF_RANGE, "seq must be between 0 and 2^63-1")
     return raw

@@ -21,11 +21,10 @@ import uuid
 from typing import Final, Literal
 from urllib.parse import unquote
 
-import aiomqtt
 import orjson
 
 from bridge.config import Settings
-from bridge.ingest.link import control_topic, tls_options
+from bridge.ingest.link import control_topic, side_client
 
 __all__ = [
     "LEAVING",
@@ -53,17 +52,9 @@ def announcement(state: State, group: str | None) -> bytes:
 
 async def read_presence(settings: Settings) -> dict[str, tuple[str, str | None]]:
     """Every replica's last announcement: client id -> (state, group)."""
-    mqtt = settings.mqtt
-    options = tls_options(settings)
     prefix = control_topic("presence", "")
     found: dict[str, tuple[str, str | None]] = {}
-    async with aiomqtt.Client(
-        mqtt.host, mqtt.port,
-        identifier=f"{mqtt.client_id}-presence-{uuid.uuid4().hex[:8]}",  # never a replica's own id
-        username=mqtt.username, password=settings.mqtt_password(),
-        tls_params=aiomqtt.TLSParameters(**options) if options else None,
-        tls_insecure=mqtt.tls_insecure or None,
-    ) as client:  # fmt: skip
+    async with side_client(settings, f"presence-{uuid.uuid4().hex[:8]}") as client:
         await client.subscribe(prefix + "+", qos=1)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(WAIT_S):

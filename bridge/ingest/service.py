@@ -24,7 +24,8 @@ from typing import Any
 
 import structlog
 
-from bridge import clock
+from bridge import __version__, clock
+from bridge.broker_health import watch_broker
 from bridge.config import Settings
 from bridge.db import create_pool
 from bridge.http import start_http_server
@@ -34,12 +35,13 @@ from bridge.ingest.committer import BatchWriter, Committer
 from bridge.ingest.housekeeping import maintenance_loop, stale_loop
 from bridge.ingest.inflight import InflightWindow
 from bridge.ingest.intake import Departure, Intake, LinkFactory, Outcome
+from bridge.ingest.link import warn_if_tls_insecure
 from bridge.ingest.parse import ParseRules
 from bridge.ingest.presence import group_members_online
 from bridge.ingest.readers import ReaderChoice, choose_reader
 from bridge.ingest.store import PgStore
 from bridge.ingest.writer import Writer
-from bridge.metrics import Health, Metrics
+from bridge.metrics import Health, Metrics, build_labels
 
 __all__ = ["Bridge", "adopt_session", "parse_rules", "run_daemon", "window_capacity"]
 
@@ -133,14 +135,15 @@ def _choose_reader(settings: Settings) -> ReaderChoice:
 async def run_daemon(settings: Settings, stop: asyncio.Event) -> None:
     """``fleet-bridge run``: the pipeline with the real database, broker reader and
     HTTP port, plus partition maintenance and the stale-device count."""
-    metrics, health = Metrics(), Health()
     reader = _choose_reader(settings)
+    metrics, health = Metrics(build={**build_labels(), "mqtt_reader": reader.name}), Health()
     pool = await create_pool(settings)
     server = await start_http_server(settings.metrics.host, settings.metrics.port, metrics, health)
     log.info(
-        "bridge_started", metrics_port=server.sockets[0].getsockname()[1], client_id=settings.mqtt.client_id,
-        mqtt_reader=reader.name,
+        "bridge_started", version=__version__, metrics_port=server.sockets[0].getsockname()[1],
+        client_id=settings.mqtt.client_id, mqtt_reader=reader.name,
     )  # fmt: skip
+    warn_if_tls_insecure(settings)
     if clock.offset():
         log.warning("clock_moved", variable=clock.CLOCK_ENV, now=clock.now().isoformat(), detail="for tests only")
     try:
@@ -153,6 +156,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event) -> None:
             chores = [
                 tasks.create_task(maintenance_loop(pool, settings)),
                 tasks.create_task(stale_loop(pool, settings, metrics, health)),
+                tasks.create_task(watch_broker(settings, metrics, lambda: health.mqtt_connected)),
             ]
             outcome = await bridge.run(stop)
             for chore in chores:

@@ -15,7 +15,7 @@ import structlog
 from bridge import clock
 from bridge.db import Conn, qualified, sqlstate
 from bridge.ingest.batch import history_columns, split_by_stream
-from bridge.ingest.parse import Reading, Reject
+from bridge.ingest.parse import Reading, Reject, RejectReason
 from bridge.schema.partitions import ensure_partitions
 from bridge.streams import STREAMS, StreamSpec
 
@@ -96,7 +96,7 @@ def _text(value: str) -> str:
 
 def db_reject(reading: Reading, exc: BaseException) -> Reject:
     detail = f"SQLSTATE {sqlstate(exc)}: {exc}"
-    return Reject("db_error", detail, reading.topic, reading.payload, reading.received_at)
+    return Reject(RejectReason.DB_ERROR, detail, reading.topic, reading.payload, reading.received_at)
 
 
 class PgStore:
