@@ -1,9 +1,11 @@
-"""Ingest benchmark: the bridge's backlog drain against the machine's ceilings and
-the seed's one-transaction-per-reading design, all measured in the same run, plus
+"""Ingest benchmark: the bridge's backlog drain against the ceilings of its own
+parts (its intake alone; its SQL alone on one and on two connections) and the
+seed's one-transaction-per-reading design, all measured in the same run; with
+--latency, the drain again with 1 and 5 ms added each way to PostgreSQL; and
 steady state at the fleet's real-time rate.
 
-    .venv/bin/python -m bench.ingest --quick      # ~2 minutes
-    .venv/bin/python -m bench.ingest --full       # 1,000,000-reading drain, 5 min steady state
+    .venv/bin/python -m bench.ingest --quick      # ~4 minutes
+    .venv/bin/python -m bench.ingest --full --latency   # 1,000,000-reading drains, 5 min steady state
 
 Needs PostgreSQL (FLEET_BRIDGE_DB_DSN, default the local `test` database) and the
 mosquitto binary (a private broker with deploy/mosquitto/mosquitto.conf is started).
@@ -15,140 +17,87 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import aiomqtt
 import asyncpg
-import orjson
-import psutil
+import uvloop
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bench.common import (
+    DSN,
+    PREFIX,
+    Sampler,
+    backlog,
+    bridge_process,
+    drop_schema,
+    fresh_schema,
+    histogram_quantile,
+    history_count,
+)
+from bridge import clock
+from bridge.config import load_settings
 from bridge.ingest.batch import Batch
+from bridge.ingest.fast_link import FastLink
+from bridge.ingest.inflight import InflightWindow
 from bridge.ingest.parse import ParseRules, Reading, parse_message
+from bridge.ingest.service import window_capacity
 from bridge.ingest.store import PgStore
 from bridge.ingest.writer import Writer
 from bridge.metrics import Health, Metrics
-from bridge.schema.migrate import apply_migrations
-from bridge.schema.partitions import run_maintenance
 from tests.support.helpers import BridgeProcess, publish
 from tests.support.services import ROOT, MosquittoProcess
-
-DSN = os.environ.get("FLEET_BRIDGE_DB_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-PREFIX = "bench/"
-LOGS = Path(tempfile.mkdtemp(prefix="bench-ingest-logs-"))
+from tests.support.tcp_proxy import TcpProxy, through_proxy
 
 
-def backlog(n: int, devices: int = 10_000) -> list[tuple[str, bytes]]:
-    """n readings, alternating meter and vehicle, one per device per minute."""
-    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=n // (2 * devices) + 2)
-    out = []
-    for i in range(n // 2):
-        device, minute = i % devices, i // devices
-        ts = (start + timedelta(minutes=minute, milliseconds=device)).isoformat().replace("+00:00", "Z")
-        out.append(
-            (
-                f"{PREFIX}meter/MTR-{device:05d}",
-                orjson.dumps(
-                    {
-                        "ts": ts,
-                        "kwh_consumed_ac": 0.5,
-                        "power_kw": 30.0,
-                        "voltage_v": 230.0,
-                        "current_a": 130.0,
-                        "seq": minute,
-                    }
-                ),
-            )
-        )
-        out.append((f"{PREFIX}vehicle/EV-{device:05d}", orjson.dumps(
-            {"ts": ts, "kwh_delivered_dc": 0.45, "power_kw": 27.0, "soc_pct": 50.0, "battery_temp_c": 30.0,
-             "seq": minute})))  # fmt: skip
-    return out
-
-
-async def fresh_schema(schema: str) -> None:
-    conn = await asyncpg.connect(DSN)
+def committed(bridge: BridgeProcess) -> float:
+    """Readings the bridge has committed (stored, or found stored already); 0 while
+    its HTTP port is not up yet."""
     try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await apply_migrations(conn, schema)
-        await run_maintenance(conn, schema, premake_days=1, retention_days=400)
-    finally:
-        await conn.close()
+        scrape = bridge.scrape()
+    except OSError:
+        return 0.0
+    return scrape.value("fleet_bridge_rows_written_total") + scrape.value("fleet_bridge_duplicates_total")
 
 
-async def history_count(conn: asyncpg.Connection, schema: str) -> int:
-    total = 0
-    for table in ("meter_telemetry_history", "vehicle_telemetry_history"):
-        total += await conn.fetchval(f'SELECT count(*) FROM "{schema}".{table}')
-    return total
-
-
-@contextlib.contextmanager
-def bridge_process(broker: MosquittoProcess, schema: str, **env: str) -> Iterator[BridgeProcess]:
-    """The daemon bound to ``schema`` and the benchmark's broker; its log goes to LOGS."""
-    full_env = {
-        "FLEET_BRIDGE_DB_DSN": DSN,
-        "FLEET_BRIDGE_DB_SCHEMA": schema,
-        "FLEET_BRIDGE_MQTT_PORT": str(broker.port),
-        "FLEET_BRIDGE_MQTT_CLIENT_ID": f"bench-{schema}",
-        "FLEET_BRIDGE_MQTT_TOPIC_PREFIX": PREFIX,
-        "FLEET_BRIDGE_METRICS_HOST": "127.0.0.1",
-        "FLEET_BRIDGE_LOG_LEVEL": "warning",
-        **env,
-    }
-    proc = BridgeProcess(full_env, LOGS / f"{schema}.log").start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-class Sampler:
-    """Peak RSS and CPU time of one process."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.peak_rss = 0
-        self.cpu_start = self._cpu()
-
-    def _cpu(self) -> float:
-        times = self.process.cpu_times()
-        return float(times.user + times.system)
-
-    def sample(self) -> None:
-        self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
-
-    def cpu_seconds(self) -> float:
-        return self._cpu() - self.cpu_start
-
-
-async def bridge_drain(broker: MosquittoProcess, messages: list[tuple[str, bytes]]) -> dict[str, float]:
-    """Queue the backlog in a stopped bridge's session, start it, time the drain."""
+async def bridge_drain(
+    broker: MosquittoProcess, messages: list[tuple[str, bytes]], *, commits: int = 2, db_delay_s: float = 0.0
+) -> dict[str, float]:
+    """Queue the backlog in a stopped bridge's session, start it, time the drain;
+    ``commits`` batches commit at once, each byte to and from PostgreSQL delayed
+    ``db_delay_s`` each way."""
     schema = "bench_drain"
     await fresh_schema(schema)
-    with bridge_process(broker, schema) as bridge:
+    env = {"FLEET_BRIDGE_DB_COMMITS_IN_FLIGHT": str(commits), "FLEET_BRIDGE_DB_POOL_MAX": str(commits + 2)}
+    with bridge_process(broker, schema, **env) as bridge:
         await bridge.wait_ready()  # session and subscriptions exist now
     await asyncio.to_thread(publish, broker.host, broker.port, messages, timeout=3600)
     conn = await asyncpg.connect(DSN)
     try:
-        started = time.perf_counter()
-        with bridge_process(broker, schema) as bridge:
-            assert bridge.proc is not None
-            sampler = Sampler(bridge.proc.pid)
-            while await history_count(conn, schema) < len(messages):
-                sampler.sample()
-                await asyncio.sleep(0.2)
-            elapsed = time.perf_counter() - started
-            cpu = sampler.cpu_seconds()
+        async with contextlib.AsyncExitStack() as stack:
+            if db_delay_s:  # the proxy costs this process CPU: only where it is measured
+                proxy = await stack.enter_async_context(TcpProxy("127.0.0.1", 5432, delay_s=db_delay_s))
+                env["FLEET_BRIDGE_DB_DSN"] = through_proxy(DSN, proxy)
+            started = time.perf_counter()
+            with bridge_process(broker, schema, **env) as bridge:
+                assert bridge.proc is not None
+                sampler = Sampler(bridge.proc.pid)
+                # The bridge's own count of what it committed: polling count(*) over a
+                # growing history would load the database being measured.
+                while await asyncio.to_thread(committed, bridge) < len(messages):
+                    sampler.sample()
+                    await asyncio.sleep(0.2)
+                elapsed = time.perf_counter() - started
+                cpu = sampler.cpu_seconds()
+        assert await history_count(conn, schema) == len(messages)
     finally:
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await conn.close()
@@ -173,46 +122,64 @@ async def persistent_client(
         yield client
 
 
-async def bare_subscriber(broker: MosquittoProcess, messages: list[tuple[str, bytes]]) -> dict[str, float]:
-    """Ceiling (a): aiomqtt QoS 1 subscriber with JSON parsing and nothing else."""
-    async with persistent_client(broker, "bench-bare", subscribe=True):
-        pass
+async def bare_intake(broker: MosquittoProcess, messages: list[tuple[str, bytes]]) -> dict[str, float]:
+    """Ceiling: the bridge's own intake alone, in this process: its fast reader takes
+    the queued backlog off the socket, every message is parsed into a reading and
+    acknowledged in batches, and nothing is written anywhere."""
+    settings = load_settings(
+        environ={"FLEET_BRIDGE_MQTT_HOST": broker.host, "FLEET_BRIDGE_MQTT_PORT": str(broker.port),
+                 "FLEET_BRIDGE_MQTT_CLIENT_ID": "bench-intake", "FLEET_BRIDGE_MQTT_TOPIC_PREFIX": PREFIX}
+    )  # fmt: skip
+    window = InflightWindow(window_capacity(settings))
+    async with FastLink(settings, window):
+        pass  # the session and its subscriptions exist now
     await asyncio.to_thread(publish, broker.host, broker.port, messages, timeout=3600)
+    rules = ParseRules(topic_prefix=PREFIX)
+    taken = 0
     started = time.perf_counter()
-    received = 0
-    async with persistent_client(broker, "bench-bare") as client:
-        async for message in client.messages:
-            orjson.loads(message.payload)
-            received += 1
-            if received == len(messages):
-                break
-    elapsed = time.perf_counter() - started
-    return {"rate": received / elapsed, "seconds": elapsed}
+    async with FastLink(settings, window) as link:
+        while taken < len(messages):
+            batch = [await link.receive()]
+            batch += itertools.islice(iter(link.take_nowait, None), settings.batch.max_rows - 1)
+            for message in batch:
+                parse_message(message.topic, message.payload, clock.now(), rules)
+            link.ack(batch)
+            window.release(len(batch))
+            taken += len(batch)
+        elapsed = time.perf_counter() - started
+        await link.close(end_session=True)
+    return {"rate": taken / elapsed, "seconds": elapsed}
 
 
 def parsed_batches(messages: list[tuple[str, bytes]], size: int) -> list[Batch]:
-    now = datetime.now(UTC)
+    now = clock.now()
     rules = ParseRules(topic_prefix=PREFIX)
     readings = [r for t, p in messages if isinstance(r := parse_message(t, p, now, rules), Reading)]
     return [Batch(readings=readings[i : i + size]) for i in range(0, len(readings), size)]
 
 
-async def database_alone(messages: list[tuple[str, bytes]], size: int = 2000) -> dict[str, float]:
-    """Ceiling (b): the bridge's own SQL (Writer) fed pre-parsed batches back to back."""
+async def database_alone(messages: list[tuple[str, bytes]], connections: int, size: int = 2000) -> dict[str, float]:
+    """Ceiling: the bridge's own SQL (Writer over PgStore) fed pre-parsed batches back
+    to back, ``connections`` batches committing at once."""
     schema = "bench_db"
     await fresh_schema(schema)
-    batches = parsed_batches(messages, size)
-    pool = await asyncpg.create_pool(DSN, min_size=1, max_size=2)
+    batches: asyncio.Queue[Batch] = asyncio.Queue()
+    for batch in parsed_batches(messages, size):
+        batches.put_nowait(batch)
+    pool = await asyncpg.create_pool(DSN, min_size=connections, max_size=connections)
+    writer = Writer(PgStore(pool, schema), Metrics(), Health())
+
+    async def commit_until_empty() -> None:
+        while not batches.empty():
+            await writer.write(batches.get_nowait())
+
     try:
-        writer = Writer(PgStore(pool, schema), Metrics(), Health())
         started = time.perf_counter()
-        for batch in batches:
-            await writer.write(batch)
+        await asyncio.gather(*(commit_until_empty() for _ in range(connections)))
         elapsed = time.perf_counter() - started
     finally:
-        async with pool.acquire() as conn:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await pool.close()
+        await drop_schema(schema)
     return {"rate": len(messages) / elapsed, "seconds": elapsed}
 
 
@@ -241,7 +208,7 @@ async def one_transaction_per_reading(broker: MosquittoProcess, messages: list[t
     try:
         async with persistent_client(broker, "bench-seed") as client:
             async for message in client.messages:
-                reading = parse_message(message.topic.value, message.payload, datetime.now(UTC), rules)
+                reading = parse_message(message.topic.value, message.payload, clock.now(), rules)
                 assert isinstance(reading, Reading)
                 history, current = sql[reading.stream.name]
                 args = (reading.device_id, reading.recorded_at, reading.received_at, reading.values[0])
@@ -256,21 +223,6 @@ async def one_transaction_per_reading(broker: MosquittoProcess, messages: list[t
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await conn.close()
     return {"rate": received / elapsed, "seconds": elapsed}
-
-
-def histogram_quantile(text: str, name: str, q: float) -> float:
-    """The q-quantile of a Prometheus histogram (all label sets summed), by bucket upper bound."""
-    buckets: dict[float, float] = {}
-    for line in text.splitlines():
-        if line.startswith(name + "_bucket"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
-    total = buckets.get(float("inf"), 0.0)
-    for bound in sorted(buckets):
-        if total and buckets[bound] >= q * total:
-            return bound
-    return float("nan")
 
 
 async def steady_state(broker: MosquittoProcess, pairs: int, minutes: float) -> dict[str, float]:
@@ -310,44 +262,66 @@ async def steady_state(broker: MosquittoProcess, pairs: int, minutes: float) -> 
 
 
 def print_drain_table(drain_n: int, seed_n: int, results: dict[str, dict[str, float]]) -> None:
-    bridge, bare, database, seed = (results[k] for k in ("bridge", "bare", "database", "seed"))
-    ceiling = min(bare["rate"], database["rate"])
-    print(f"\n| measurement ({drain_n:,} readings) | msg/s | bridge / this |\n|---|---:|---:|")
-    print(f"| bridge drain | {bridge['rate']:,.0f} | 1.00 |")
-    rows = [
-        ("ceiling (a): bare aiomqtt subscriber + JSON", bare),
-        ("ceiling (b): database alone, bridge SQL", database),
-        (f"seed: one transaction per reading ({seed_n:,})", seed),
-    ]
-    for label, result in rows:
-        print(f"| {label} | {result['rate']:,.0f} | {bridge['rate'] / result['rate']:.2f} |")
-    print(f"| min(a, b) | {ceiling:,.0f} | {bridge['rate'] / ceiling:.2f} |")
-    print(f"\nDrain: bridge CPU {bridge['cpu_pct']:.0f} % of one core, peak RSS {bridge['peak_rss_mib']:.0f} MiB")
+    drain = results["drain"]
+    ceilings = {
+        "intake alone (socket to parsed readings, no database)": results["intake"],
+        "database alone, bridge SQL, 1 connection": results["database_1"],
+        "database alone, bridge SQL, 2 connections": results["database_2"],
+    }
+    print(f"\n| measurement ({drain_n:,} readings) | msg/s | drain / this |\n|---|---:|---:|")
+    print(f"| bridge drain, 2 commits in flight (default) | {drain['rate']:,.0f} | 1.00 |")
+    one = results["drain_1"]
+    print(f"| bridge drain, 1 commit at a time | {one['rate']:,.0f} | {drain['rate'] / one['rate']:.2f} |")
+    for label, result in ceilings.items():
+        print(f"| ceiling: {label} | {result['rate']:,.0f} | {drain['rate'] / result['rate']:.2f} |")
+    seed = results["seed"]
+    print(
+        f"| seed: one transaction per reading ({seed_n:,}) | {seed['rate']:,.0f} | {drain['rate'] / seed['rate']:.1f} |"
+    )
+    limit = min(ceilings, key=lambda label: ceilings[label]["rate"])
+    print(f"\nThe limit: {limit} ({ceilings[limit]['rate']:,.0f} msg/s).")
+    print(f"Drain: bridge CPU {drain['cpu_pct']:.0f} % of one core, peak RSS {drain['peak_rss_mib']:.0f} MiB")
+
+
+def print_latency_table(results: dict[float, dict[str, float]]) -> None:
+    base = results[0.0]["rate"]
+    print("\n| added latency to PostgreSQL, each way | drain msg/s | / drain at 0 ms |\n|---:|---:|---:|")
+    for delay, result in sorted(results.items()):
+        print(f"| {delay * 1000:g} ms | {result['rate']:,.0f} | {result['rate'] / base:.2f} |")
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="100k drain, 1 min steady state (default)")
+    mode.add_argument("--quick", action="store_true", help="200k drain, 1 min steady state (default)")
     mode.add_argument("--full", action="store_true", help="1M drain, 5 min steady state")
+    parser.add_argument("--latency", action="store_true", help="also drain with 1 and 5 ms added to PostgreSQL")
     parts = parser.add_mutually_exclusive_group()
     parts.add_argument("--skip-steady", action="store_true", help="only the drain measurements")
     parts.add_argument("--only-steady", action="store_true", help="only the steady-state measurement")
     args = parser.parse_args()
-    drain_n, seed_n, steady_min = (1_000_000, 30_000, 5.0) if args.full else (100_000, 10_000, 1.0)
+    drain_n, seed_n, steady_min = (1_000_000, 30_000, 5.0) if args.full else (200_000, 10_000, 1.0)
 
     broker = MosquittoProcess("/usr/sbin/mosquitto")
     broker.start()
     results: dict[str, dict[str, float]] = {}
+    latency: dict[float, dict[str, float]] = {}
     try:
         print(f"# {platform.node()}: {os.cpu_count()} cores, python {platform.python_version()}", file=sys.stderr)
         if not args.only_steady:
             messages = backlog(drain_n)
-            results["bridge"] = await bridge_drain(broker, messages)
-            results["bare"] = await bare_subscriber(broker, messages)
-            results["database"] = await database_alone(messages)
+            results["drain"] = await bridge_drain(broker, messages)
+            results["drain_1"] = await bridge_drain(broker, messages, commits=1)
+            results["intake"] = await bare_intake(broker, messages)
+            results["database_1"] = await database_alone(messages, connections=1)
+            results["database_2"] = await database_alone(messages, connections=2)
             results["seed"] = await one_transaction_per_reading(broker, backlog(seed_n))
             print(results, file=sys.stderr)
+            if args.latency:
+                latency[0.0] = results["drain"]
+                for delay in (0.001, 0.005):
+                    latency[delay] = await bridge_drain(broker, messages, db_delay_s=delay)
+                    print(delay, latency[delay], file=sys.stderr)
         if not args.skip_steady:
             results["steady"] = await steady_state(broker, 10_000, steady_min)
     finally:
@@ -355,6 +329,8 @@ async def main() -> None:
 
     if not args.only_steady:
         print_drain_table(drain_n, seed_n, results)
+    if latency:
+        print_latency_table(latency)
     if "steady" in results:
         print(f"\n| steady state, 10,000 pairs, real time, {steady_min:g} min | value |\n|---|---:|")
         for key, value in results["steady"].items():
@@ -362,4 +338,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

@@ -47,12 +47,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bench.common import DSN, history_count
 from bridge.schema.migrate import apply_migrations
 from bridge.schema.partitions import run_maintenance
 from tests.support.helpers import BridgeProcess, publish
 from tests.support.services import MosquittoProcess
 
-DSN = os.environ.get("FLEET_BRIDGE_DB_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 SCHEMA = "bench_scaling"
 DEVICES = 10_000  # pairs: the contract's fleet, one meter and one vehicle reading per minute each
 
@@ -125,13 +125,6 @@ def busy_seconds() -> float:
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
-async def history_count(conn: asyncpg.Connection) -> int:
-    total = 0
-    for table in ("meter_telemetry_history", "vehicle_telemetry_history"):
-        total += await conn.fetchval(f'SELECT count(*) FROM "{SCHEMA}".{table}')
-    return total
-
-
 async def backend_cpu_seconds(conn: asyncpg.Connection, replicas: list[Replica]) -> float:
     """CPU time of the PostgreSQL backends serving the replicas (matched by client port)."""
     ports = set()
@@ -195,7 +188,7 @@ async def measure(broker: MosquittoProcess, count: int, readings: int) -> Result
         stored = 0
         while stored < readings:
             await asyncio.sleep(0.25)
-            now, stored = time.perf_counter(), await history_count(conn)
+            now, stored = time.perf_counter(), await history_count(conn, SCHEMA)
             for fraction in (0.1, 0.9):
                 goal = fraction * readings
                 if fraction not in marks and stored >= goal:  # interpolate between polls

@@ -114,12 +114,20 @@ async def connect(settings: Settings) -> asyncpg.Connection:
         raise DatabaseUnavailableError(f"cannot connect to the database at {where}: {problem or reason(exc)}") from exc
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """What a pooled connection is reset with when it is released: nothing more than
+    asyncpg's rollback of a transaction left open. The daemon's pool users set
+    nothing at session level (transaction-scoped settings and locks only), and
+    asyncpg's full reset costs a round trip on every release, that is per batch."""
+
+
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     """The daemon's pool; the first connection is opened lazily by the writer."""
     pool = asyncpg.create_pool(
         min_size=0,
         max_size=settings.db.pool_max,
         command_timeout=settings.db.command_timeout_s,
+        reset=_keep_session,
         **_connect_kwargs(settings),
     )
     return await asyncio.wait_for(pool, timeout=settings.db.connect_timeout_s * 2)

@@ -41,11 +41,12 @@ def test_policy_flushes_a_full_batch_at_once() -> None:
     assert FlushPolicy(100, 0.1).wait_budget(100, 0.0) == 0.0
 
 
-def test_policy_waits_at_most_the_idle_gap_then_the_deadline() -> None:
-    """A young batch waits for the idle gap; an old one only for what is left of max_delay."""
+def test_policy_waits_for_what_is_left_of_the_delay() -> None:
+    """A batch that is not full waits until its oldest message is max_delay old, however
+    quiet the broker is meanwhile; then it is due at once."""
     policy = FlushPolicy(100, 0.1)
-    assert policy.wait_budget(1, 0.0) == pytest.approx(policy.idle_s)
-    assert policy.wait_budget(1, 0.095) == pytest.approx(0.005)
+    assert policy.wait_budget(1, 0.0) == pytest.approx(0.1)
+    assert policy.wait_budget(99, 0.095) == pytest.approx(0.005)
     assert policy.wait_budget(1, 0.5) == 0.0
 
 

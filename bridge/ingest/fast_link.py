@@ -47,6 +47,7 @@ class FastLink(PahoLink):
         pubacks = b"".join(_PUBACK.pack(paho.PUBACK, 2, m.mid) for m in messages if m.qos == QOS)
         if pubacks:
             paho_internals.queue_raw(self.client, paho.PUBACK, pubacks)
+            self._write_now()
 
     def _hold_keepalive(self) -> None:
         paho_internals.hold_keepalive(self.client)

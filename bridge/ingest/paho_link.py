@@ -17,6 +17,7 @@ import collections
 import contextlib
 import functools
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -73,6 +74,7 @@ class PahoLink:
         self._received: collections.deque[Publish] = collections.deque()
         self._arrival: asyncio.Future[None] | None = None  # set when _received gains messages
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._connected: asyncio.Future[None] = self._loop.create_future()
         self._disconnected: asyncio.Future[None] = self._loop.create_future()
         self._acks: dict[int, asyncio.Future[list[ReasonCode]]] = {}  # SUBACK/UNSUBACK by packet id
@@ -327,11 +329,19 @@ class PahoLink:
         if self._arrival is not None and not self._arrival.done():
             self._arrival.set_result(None)
 
-    # paho calls the socket callbacks from the thread that runs connect().
+    def _in_loop(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback`` on the event loop: paho calls the socket callbacks from the
+        thread that runs connect() too, and from the loop itself afterwards (there a
+        direct call spares waking the loop through its self-pipe)."""
+        if threading.get_ident() == self._loop_thread:
+            callback(*args)
+        else:
+            self._loop.call_soon_threadsafe(callback, *args)
+
     def _on_socket_open(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
         self._fileno = sock.fileno()
-        self._loop.call_soon_threadsafe(self._loop.add_reader, self._fileno, self._on_readable)
-        self._loop.call_soon_threadsafe(self._start_misc)
+        self._in_loop(self._loop.add_reader, self._fileno, self._on_readable)
+        self._in_loop(self._start_misc)
 
     def _on_socket_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
         if self._fileno >= 0:
@@ -340,7 +350,7 @@ class PahoLink:
             self._misc.cancel()
 
     def _on_register_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
-        self._loop.call_soon_threadsafe(self._loop.add_writer, sock.fileno(), self._on_writable)
+        self._in_loop(self._loop.add_writer, sock.fileno(), self._on_writable)
 
     def _on_unregister_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
         self._loop.remove_writer(sock.fileno())
@@ -362,6 +372,13 @@ class PahoLink:
             self.client.loop_write()
         except Exception as exc:  # noqa: BLE001 - a write error of any kind means the link is gone
             self._lost(exc)
+
+    def _write_now(self) -> None:
+        """Write what paho has queued (acknowledgements) at once instead of on the
+        next loop iteration: one wake-up less per batch. What the socket does not
+        take now, the write callback finishes."""
+        if self.client.socket() is not None:
+            self._on_writable()
 
     # --- reading, and the read gate -----------------------------------------------
 

@@ -28,3 +28,4 @@ class PlainLink(PahoLink):
     def ack(self, messages: Sequence[Publish]) -> None:
         for message in messages:
             self.client.ack(message.mid, message.qos)
+        self._write_now()

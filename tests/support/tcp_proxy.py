@@ -1,5 +1,7 @@
-"""A TCP proxy for outage tests: point a client (e.g. the bridge's database DSN) at
-the proxy, then cut and restore the link while the client keeps running.
+"""A TCP proxy for outage and latency tests: point a client (e.g. the bridge's
+database DSN) at the proxy, then cut and restore the link while the client keeps
+running, or give every byte a one-way delay (a database in another zone: no
+netem on these machines).
 
 ``cut()`` stops listening (new connections are refused) and aborts every open
 connection in both directions, which is what a client sees when the server dies
@@ -31,8 +33,13 @@ CHUNK = 65536
 class TcpProxy:
     """Forwards connections accepted on ``host:port`` (a free port by default) to the target."""
 
-    def __init__(self, target_host: str, target_port: int, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, host: str = "127.0.0.1", port: int = 0, delay_s: float = 0.0
+    ) -> None:
+        """``delay_s``: each direction delivers what it reads this much later (a
+        latency, not a bandwidth limit: reading goes on meanwhile)."""
         self.target = (target_host, target_port)
+        self.delay_s = delay_s
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
@@ -75,8 +82,8 @@ class TcpProxy:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
             writers.append(upstream_writer)
             async with asyncio.TaskGroup() as pumps:
-                pumps.create_task(_pump(client_reader, upstream_writer))
-                pumps.create_task(_pump(upstream_reader, client_writer))
+                pumps.create_task(_pump(client_reader, upstream_writer, self.delay_s))
+                pumps.create_task(_pump(upstream_reader, client_writer, self.delay_s))
         except* OSError:
             pass  # the target refused, a side hung up or cut() aborted the link
         finally:
@@ -85,12 +92,35 @@ class TcpProxy:
                 writer.transport.abort()
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy one direction until EOF, then half-close the other side."""
-    while data := await reader.read(CHUNK):
-        writer.write(data)
-        await writer.drain()
-    with contextlib.suppress(OSError):
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
+    """Copy one direction until EOF, then half-close the other side; with a delay,
+    each chunk is written ``delay_s`` after it was read, in order."""
+    if not delay_s:
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            await writer.drain()
+    else:
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await chunks.get()
+                if not data:
+                    return
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                writer.write(data)
+                await writer.drain()
+
+        delivering = asyncio.ensure_future(deliver())
+        try:
+            while data := await reader.read(CHUNK):
+                chunks.put_nowait((loop.time() + delay_s, data))
+            chunks.put_nowait((loop.time() + delay_s, b""))
+            await delivering
+        finally:
+            delivering.cancel()
+    with contextlib.suppress(OSError, RuntimeError):  # uvloop: RuntimeError on a closed transport
         writer.write_eof()
 
 
