@@ -37,8 +37,11 @@ def settings_for(port: int, **extra: str) -> Settings:
 
 
 async def receive(link: PahoLink, count: int) -> list[Publish]:
+    """The next ``count`` messages, as sent: each must carry the time it was read."""
     async with asyncio.timeout(WAIT_S):
-        return [await link.receive() for _ in range(count)]
+        received = [await link.receive() for _ in range(count)]
+    assert all(m.received_at is not None for m in received)
+    return [m._replace(received_at=None) for m in received]
 
 
 @pytest.fixture
@@ -94,7 +97,7 @@ async def test_reading_stops_at_a_full_window_and_resumes_when_it_drains(
             await asyncio.sleep(0.05)  # a reader that ignored the gate would take more meanwhile
             assert window.held <= 10
             batch = list(iter(link.take_nowait, None))
-            taken += batch
+            taken += [m._replace(received_at=None) for m in batch]
             link.ack(batch)
             window.release(len(batch))
     assert taken == messages(50)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from datetime import datetime
 
 import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
+from bridge import clock
 from bridge.ingest import paho_internals, wire
 from bridge.ingest.link import QOS, Publish
 from bridge.ingest.paho_link import PahoLink
@@ -35,6 +37,7 @@ class FastLink(PahoLink):
     """A broker connection whose socket the bridge reads itself once subscribed."""
 
     _inbox: bytearray  # read from the socket, not yet split into packets
+    _read_at: datetime  # when the inbox's newest bytes were read
     _own_reader = False
 
     def _on_gated(self) -> None:
@@ -75,13 +78,14 @@ class FastLink(PahoLink):
             return
         paho_internals.note_bytes_received(self.client)
         self._inbox += data
+        self._read_at = clock.now()
 
     def _dispatch(self) -> None:
         """Queue the complete PUBLISH packets (up to the window), hand the rest to paho."""
         if not self._inbox:
             return
         try:
-            frames = wire.split_packets(self._inbox, max(self._window.room, 0))
+            frames = wire.split_packets(self._inbox, max(self._window.room, 0), self._read_at)
         except wire.Malformed as exc:
             log.warning("mqtt_protocol_error", broker=self.address, error=str(exc))
             self._lose(MQTTErrorCode.MQTT_ERR_PROTOCOL)

@@ -313,7 +313,7 @@ class Intake:
         if topic == link.marker_topic:
             self._take_marker(link, message)
             return
-        result = parse_message(topic, message.payload, clock.now(), self._rules)
+        result = parse_message(topic, message.payload, message.received_at or clock.now(), self._rules)
         if not batch:
             batch.opened_at = time.monotonic()
         batch.deliveries.append(Delivery(link, message))

@@ -30,6 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from bridge import clock
 from bridge.config import Settings
 from bridge.ingest.inflight import InflightWindow
 from bridge.ingest.link import (
@@ -321,7 +322,7 @@ class PahoLink:
             future.set_result(None)
 
     def _on_paho_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
-        self._queue([Publish(message.topic, bytes(message.payload), message.mid, message.qos)])
+        self._queue([Publish(message.topic, bytes(message.payload), message.mid, message.qos, clock.now())])
 
     def _queue(self, messages: list[Publish]) -> None:
         self._received.extend(messages)

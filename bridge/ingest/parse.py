@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import re
 from datetime import UTC, date, datetime, timedelta
@@ -103,7 +104,13 @@ class _Invalid(Exception):
 
 def oldest_accepted_day(now: datetime, retention_days: int) -> date:
     """First UTC day still inside the retention window (older readings are too_old)."""
-    return now.astimezone(UTC).date() - timedelta(days=retention_days)
+    return _days_before(now.astimezone(UTC).date(), retention_days)
+
+
+@functools.lru_cache(maxsize=8)
+def _days_before(day: date, days: int) -> date:
+    # Asked once per message, with a new answer once a day.
+    return day - timedelta(days=days)
 
 
 def parse_message(topic: str, payload: bytes, received_at: datetime, rules: ParseRules) -> Reading | Reject:
@@ -167,6 +174,8 @@ def _split_topic(topic: str, prefix: str) -> tuple[StreamSpec, str]:
 
 
 def _timestamp(raw: object) -> datetime:
+    if type(raw) is str:
+        return _rfc3339(raw)  # the common case, first
     if isinstance(raw, bool):
         raise _Invalid(RejectReason.BAD_TYPE, "ts must be an RFC 3339 string or epoch milliseconds")
     if isinstance(raw, int | float):
@@ -175,6 +184,10 @@ def _timestamp(raw: object) -> datetime:
         return EPOCH + timedelta(milliseconds=raw)
     if not isinstance(raw, str):
         raise _Invalid(RejectReason.BAD_TYPE, "ts must be an RFC 3339 string or epoch milliseconds")
+    return _rfc3339(raw)
+
+
+def _rfc3339(raw: str) -> datetime:
     match = RFC3339.fullmatch(raw)
     if match is None:
         raise _Invalid(RejectReason.BAD_TIMESTAMP, f"ts {raw[:80]!r} is not RFC 3339")

@@ -12,6 +12,7 @@ socket itself (bridge/ingest/fast_link.py) and splits what it read here: a PUBLI
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 from typing import NamedTuple
 
 __all__ = ["Frames", "Malformed", "Publish", "split_packets"]
@@ -26,6 +27,9 @@ class Publish(NamedTuple):
     payload: bytes
     mid: int  # 0 at QoS 0
     qos: int
+    # When the bridge read it off the socket (one clock reading per read); None
+    # where no one read a socket (a PUBLISH made up by a test).
+    received_at: datetime | None = None
 
 
 class Malformed(ValueError):
@@ -41,9 +45,10 @@ class Frames:
     consumed: int  # bytes used; the rest starts an incomplete packet (or was not wanted yet)
 
 
-def split_packets(data: bytes | bytearray, max_publishes: int) -> Frames:
+def split_packets(data: bytes | bytearray, max_publishes: int, received_at: datetime | None = None) -> Frames:
     """Split ``data`` into packets, stopping before the PUBLISH that would exceed
-    ``max_publishes`` or at the first incomplete packet. Raises ``Malformed``."""
+    ``max_publishes`` or at the first incomplete packet; each PUBLISH carries
+    ``received_at``. Raises ``Malformed``."""
     frames = Frames([], [], 0)
     size = len(data)
     pos = 0
@@ -59,7 +64,7 @@ def split_packets(data: bytes | bytearray, max_publishes: int) -> Frames:
         if header & 0xF0 == _PUBLISH:
             if len(frames.publishes) >= max_publishes:
                 break
-            frames.publishes.append(_publish(data, header, start, end))
+            frames.publishes.append(_publish(data, header, start, end, received_at))
         else:
             frames.others.append((header, bytes(data[start:end])))
         pos = end
@@ -82,7 +87,7 @@ def _varint(data: bytes | bytearray, at: int, limit: int) -> tuple[int, int] | N
     raise Malformed("variable byte integer longer than 4 bytes")
 
 
-def _publish(data: bytes | bytearray, header: int, start: int, end: int) -> Publish:
+def _publish(data: bytes | bytearray, header: int, start: int, end: int, received_at: datetime | None) -> Publish:
     qos = (header >> 1) & 0x03
     if qos > 1:
         # We subscribe at QoS 1, so a broker may not send more (MQTT 5, 3.8.4).
@@ -109,4 +114,4 @@ def _publish(data: bytes | bytearray, header: int, start: int, end: int) -> Publ
     at = properties[1] + properties[0]
     if at > end:
         raise Malformed("PUBLISH properties longer than the packet")
-    return Publish(topic, bytes(data[at:end]), mid, qos)
+    return Publish(topic, bytes(data[at:end]), mid, qos, received_at)
