@@ -1,6 +1,7 @@
-"""One micro-batch, ONE PostgreSQL transaction: history INSERT and current-state
-UPSERT per stream, then the rejects INSERT. What to do when it fails (retry,
-bisect) is bridge/ingest/writer.py's business; this module only talks SQL."""
+"""One micro-batch, ONE PostgreSQL statement (so one transaction and one round
+trip): history INSERT and current-state UPSERT per stream, and the rejects
+INSERT. What to do when it fails (retry, bisect) is bridge/ingest/writer.py's
+business; this module only talks SQL."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from bridge.ingest.parse import Reading, Reject, RejectReason
 from bridge.schema.partitions import ensure_partitions
 from bridge.streams import STREAMS, StreamSpec
 
-__all__ = ["PgStore", "WriteOutcome", "db_reject", "rejects_sql", "stream_sql"]
+__all__ = ["PgStore", "WriteOutcome", "batch_sql", "db_reject"]
 
 log = structlog.get_logger("bridge.ingest.store")
 
-# SQL types of the unnest() arrays, in history_columns() order.
+# SQL types of the arrays: a reading's id and times (history_columns() order), a reject.
 _ID_TIME_TYPES = ("text[]", "timestamptz[]", "timestamptz[]")
+_REJECT_TYPES = ("timestamptz[]", "text[]", "bytea[]", "text[]", "text[]")
 
 
 @dataclasses.dataclass
@@ -47,45 +49,64 @@ def _columns(spec: StreamSpec) -> list[str]:
     return [spec.id_field, "recorded_at", "received_at", *spec.value_fields, "seq"]
 
 
-def _unnest(spec: StreamSpec) -> str:
-    types = [*_ID_TIME_TYPES, *["float8[]"] * len(spec.value_fields), "int8[]"]
-    return ", ".join(f"${n}::{t}" for n, t in enumerate(types, start=1))
+def _array_types(spec: StreamSpec) -> list[str]:
+    """SQL types of the unnest() arrays, in history_columns() order."""
+    return [*_ID_TIME_TYPES, *["float8[]"] * len(spec.value_fields), "int8[]"]
 
 
-def stream_sql(schema: str, spec: StreamSpec) -> str:
-    """One statement per stream and batch, fed ONE set of column arrays: append
-    every reading to history (a reading already stored is a duplicate: DO NOTHING)
-    and move each device's current state to its newest reading.
+def _stream_ctes(schema: str, spec: StreamSpec, first: int) -> str:
+    """A stream's part of the batch statement, fed ONE set of column arrays starting
+    at parameter ``first``: append every reading to history (a reading already
+    stored is a duplicate: DO NOTHING) and move each device's current state to its
+    newest reading.
 
     Rows arrive sorted by (device, recorded_at) and current-state rows are taken in
     device order, so concurrent writers lock rows in the same order. Of two
     readings with the same device and time, history keeps the first; the tie-break
-    on ``position`` makes the current state keep the same one. Returns the number
-    of history rows inserted.
+    on ``position`` makes the current state keep the same one.
     """
-    columns = _columns(spec)
+    name, columns = spec.name, _columns(spec)
     names = ", ".join(columns)
+    arrays = ", ".join(f"${n}::{t}" for n, t in enumerate(_array_types(spec), start=first))
     device = spec.id_field
-    history = qualified(schema, spec.history_table)
-    current = qualified(schema, spec.current_table)
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
     return (
-        f"WITH batch AS (SELECT * FROM unnest({_unnest(spec)}) WITH ORDINALITY AS b({names}, position)), "
-        f"inserted AS (INSERT INTO {history} ({names}) SELECT {names} FROM batch ORDER BY position "
-        "ON CONFLICT DO NOTHING RETURNING 1), "
-        f"newest AS (INSERT INTO {current} AS cur ({names}) SELECT DISTINCT ON ({device}) {names} FROM batch "
-        f"ORDER BY {device}, recorded_at DESC, position "
+        f"{name}_batch AS (SELECT * FROM unnest({arrays}) WITH ORDINALITY AS b({names}, position)), "
+        f"{name}_inserted AS (INSERT INTO {qualified(schema, spec.history_table)} ({names}) "
+        f"SELECT {names} FROM {name}_batch ORDER BY position ON CONFLICT DO NOTHING RETURNING 1), "
+        f"{name}_newest AS (INSERT INTO {qualified(schema, spec.current_table)} AS cur ({names}) "
+        f"SELECT DISTINCT ON ({device}) {names} FROM {name}_batch ORDER BY {device}, recorded_at DESC, position "
         # The WHERE keeps a late or duplicate reading from replacing a newer one.
-        f"ON CONFLICT ({device}) DO UPDATE SET {updates} WHERE excluded.recorded_at > cur.recorded_at) "
-        "SELECT count(*) FROM inserted"
+        f"ON CONFLICT ({device}) DO UPDATE SET {updates} WHERE excluded.recorded_at > cur.recorded_at)"
     )
 
 
-def rejects_sql(schema: str) -> str:
+def batch_sql(schema: str) -> str:
+    """The whole batch in ONE statement, so in one transaction and one round trip:
+    every stream's history and current state, then the rejects. Parameters: each
+    stream's column arrays in STREAMS' order, then the rejects' five arrays. Returns
+    one row: the history rows inserted per stream, and the reasons of the rejects
+    stored (a reject already stored is not stored twice).
+
+    PostgreSQL runs a statement's data-modifying parts in an order fixed by the
+    statement's text, and every writer sends the same text: so concurrent writers
+    take their locks table by table in the same order, and row by row in the same
+    order within a table (see _stream_ctes), and cannot deadlock.
+    """
+    ctes, first = [], 1
+    for spec in STREAMS.values():
+        ctes.append(_stream_ctes(schema, spec, first))
+        first += len(_array_types(spec))
+    rejects = ", ".join(f"${first + n}::{t}" for n, t in enumerate(_REJECT_TYPES))
+    ctes.append(
+        f"rejects_stored AS (INSERT INTO {qualified(schema, 'ingest_rejects')} "
+        f"(received_at, topic, payload, reason, detail) SELECT * FROM unnest({rejects}) "
+        "ON CONFLICT (topic, payload_sha256) DO NOTHING RETURNING reason)"
+    )
+    counts = ", ".join(f"(SELECT count(*) FROM {name}_inserted) AS {name}" for name in STREAMS)
     return (
-        f"INSERT INTO {qualified(schema, 'ingest_rejects')} (received_at, topic, payload, reason, detail) "
-        "SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::bytea[], $4::text[], $5::text[]) "
-        "ON CONFLICT (topic, payload_sha256) DO NOTHING RETURNING reason"
+        f"WITH {', '.join(ctes)} "
+        f"SELECT {counts}, (SELECT coalesce(array_agg(reason), '{{}}') FROM rejects_stored) AS rejected"
     )
 
 
@@ -105,8 +126,7 @@ class PgStore:
     def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
         self._pool = pool
         self._schema = schema
-        self._stream_sql = {spec.name: stream_sql(schema, spec) for spec in STREAMS.values()}
-        self._rejects_sql = rejects_sql(schema)
+        self._sql = batch_sql(schema)
         self._known_days: dict[str, set[date]] = collections.defaultdict(set)  # per history table
 
     def forget_partitions(self) -> None:
@@ -114,35 +134,31 @@ class PgStore:
         self._known_days.clear()
 
     async def commit(self, readings: Sequence[Reading], rejects: Sequence[Reject]) -> WriteOutcome:
-        """Store the readings and rejects in one transaction; raises what the database raised."""
-        outcome = WriteOutcome()
+        """Store the readings and rejects in one statement; raises what the database raised."""
         by_stream = split_by_stream(readings)
+        arrays = [column for spec in STREAMS.values() for column in history_columns(spec, by_stream[spec.name])]
+        ordered = sorted(rejects, key=lambda r: (r.topic, r.payload))
+        arrays += [
+            [r.received_at for r in ordered],
+            [_text(r.topic) for r in ordered],
+            [r.payload for r in ordered],
+            [r.reason for r in ordered],
+            [_text(r.detail) for r in ordered],
+        ]
         async with self._pool.acquire() as conn:
             await self._ensure_partitions(conn, by_stream)
-            async with conn.transaction():
-                # One fixed table order for every writer (STREAMS' order).
-                for spec in STREAMS.values():
-                    rows = by_stream[spec.name]
-                    if rows:
-                        inserted = await conn.fetchval(self._stream_sql[spec.name], *history_columns(spec, rows))
-                        outcome.inserted[spec.name] = inserted
-                        outcome.duplicates[spec.name] = len(rows) - inserted
-                if rejects:
-                    ordered = sorted(rejects, key=lambda r: (r.topic, r.payload))
-                    stored = await conn.fetch(
-                        self._rejects_sql,
-                        [r.received_at for r in ordered],
-                        [_text(r.topic) for r in ordered],
-                        [r.payload for r in ordered],
-                        [r.reason for r in ordered],
-                        [_text(r.detail) for r in ordered],
-                    )
-                    outcome.rejected.update(row["reason"] for row in stored)
-        outcome.committed_at = clock.now()
+            row = await conn.fetchrow(self._sql, *arrays)
+        assert row is not None  # a SELECT of aggregates returns one row
+        outcome = WriteOutcome(committed_at=clock.now())
+        for spec in STREAMS.values():
+            inserted = row[spec.name]
+            outcome.inserted[spec.name] = inserted
+            outcome.duplicates[spec.name] = len(by_stream[spec.name]) - inserted
+        outcome.rejected.update(row["rejected"])
         return outcome
 
     async def _ensure_partitions(self, conn: Conn, by_stream: dict[str, list[Reading]]) -> None:
-        """Create any missing day partition before the batch's transaction."""
+        """Create any missing day partition before the batch's statement."""
         for name, rows in by_stream.items():
             table = STREAMS[name].history_table
             days = {r.recorded_at.date() for r in rows} - self._known_days[table]
