@@ -97,7 +97,8 @@ async def bridge_drain(
                     await asyncio.sleep(0.2)
                 elapsed = time.perf_counter() - started
                 cpu = sampler.cpu_seconds()
-        assert await history_count(conn, schema) == len(messages)
+        stored = await history_count(conn, schema)
+        assert stored == len(messages), f"{stored} of {len(messages)} readings stored"
     finally:
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await conn.close()

@@ -288,7 +288,9 @@ class Intake:
                     self._take_queued(link, batch)
                     continue
                 budget = self._policy.wait_budget(len(batch), time.monotonic() - batch.opened_at)
-                if budget:
+                # With the window full the link reads nothing more until batches are
+                # acknowledged: waiting for the delay would only stall the pipeline.
+                if budget and self._window.room > 0:
                     await asyncio.wait({until}, timeout=budget)
                     if until.done():
                         return batch
