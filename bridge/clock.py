@@ -18,6 +18,8 @@ import os
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 
+from bridge.timeparse import TimeFormatError, parse_rfc3339
+
 __all__ = ["CLOCK_ENV", "now", "offset", "offset_from", "today"]
 
 CLOCK_ENV = "FLEET_BRIDGE_TEST_CLOCK"
@@ -29,11 +31,9 @@ def offset_from(environ: Mapping[str, str], real_now: datetime) -> timedelta:
     if not raw:
         return timedelta(0)
     try:
-        start = datetime.fromisoformat(raw.upper().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{CLOCK_ENV}={raw!r} is not an RFC 3339 time") from None
-    if start.tzinfo is None:
-        raise ValueError(f"{CLOCK_ENV}={raw!r} has no UTC offset")
+        start = parse_rfc3339(raw)
+    except TimeFormatError as exc:
+        raise ValueError(f"{CLOCK_ENV}: {exc}") from None
     return start - real_now
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "Origin",
     "PartitionSettings",
     "Provenance",
+    "RollupSettings",
     "Secret",
     "Settings",
     "ValidationSettings",
@@ -236,6 +237,12 @@ class PartitionSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RollupSettings:
+    interval_s: float = _setting(60.0, _at_least(0))  # 0: the daemon does not roll up
+    settle_s: float = _setting(120.0, _at_least(0))
+
+
+@dataclasses.dataclass(frozen=True)
 class ValidationSettings:
     max_future_skew_s: int = _setting(300, _at_least(0))
     max_payload_bytes: int = _setting(4096, _between(64, 1 << 20))
@@ -254,6 +261,7 @@ class Settings:
     batch: BatchSettings = dataclasses.field(default_factory=BatchSettings)
     metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
     partitions: PartitionSettings = dataclasses.field(default_factory=PartitionSettings)
+    rollup: RollupSettings = dataclasses.field(default_factory=RollupSettings)
     validation: ValidationSettings = dataclasses.field(default_factory=ValidationSettings)
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
     # Where each value came from: what `fleet-bridge config` shows. Not a setting.
@@ -278,6 +286,7 @@ SECTIONS: dict[str, type[Any]] = {
     "batch": BatchSettings,
     "metrics": MetricsSettings,
     "partitions": PartitionSettings,
+    "rollup": RollupSettings,
     "validation": ValidationSettings,
     "log": LogSettings,
 }

@@ -163,6 +163,19 @@ class Metrics:
             ["broker"],
             registry=r,
         )
+        self.rollup_lag = Gauge(
+            "fleet_bridge_rollup_lag_seconds",
+            "How long the longest-waiting dirty settled hour has waited for the roll-up (0 when none).",
+            registry=r,
+        )
+        self.rollup_hours = Counter(
+            "fleet_bridge_rollup_hours_total", "Vehicle-hours recomputed by this process's roll-up.", registry=r
+        )
+        self.unmatched_ratio = Gauge(
+            "fleet_bridge_correlation_unmatched_ratio",
+            "Vehicle readings with no meter reading within 5 s, over all, in the newest rolled-up hour.",
+            registry=r,
+        )
         # Pre-create the labelled series so dashboards and alerts see zeros, not gaps.
         for stream in STREAM_NAMES:
             for family in (self.messages_received, self.rows_written, self.duplicates, self.sequence_gaps):

@@ -1,6 +1,6 @@
 """The shipped Grafana dashboard: valid JSON whose PromQL reads only exported series
-and covers every contract metric, and whose efficiency SQL pairs readings like the
-report does."""
+and covers every contract metric, and whose efficiency panels read the roll-up and
+show what the report shows."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from bridge.analytics.report import hourly_summary
+from bridge.analytics.rollup import rollup_lock, run_pass
 from bridge.metrics import Metrics
 from bridge.schema.partitions import ensure_partitions
 from bridge.streams import HISTORY_TABLES
@@ -35,8 +37,8 @@ def targets(doc: dict[str, Any], datasource_type: str) -> list[dict[str, Any]]:
     return [t for p in doc["panels"] for t in p.get("targets", []) if p["datasource"]["type"] == datasource_type]
 
 
-def efficiency_sql() -> str:
-    (panel,) = [p for p in dashboard()["panels"] if p["title"] == "Charging efficiency by hour"]
+def panel_sql(title: str) -> str:
+    (panel,) = [p for p in dashboard()["panels"] if p["title"] == title]
     assert panel["datasource"]["type"] == POSTGRES_TYPE
     (target,) = panel["targets"]
     sql: str = target["rawSql"]
@@ -96,60 +98,63 @@ def grafana_sql(sql: str, schema: str, start: datetime, end: datetime) -> str:
     return sql.replace("${schema}", f'"{schema}"')
 
 
+@pytest.mark.unit
+def test_no_panel_reads_the_readings() -> None:
+    """The PostgreSQL panels read the roll-up only: refreshing the dashboard never runs
+    the nearest-reading pairing over history (CONTRACT: the dashboard costs the
+    database next to nothing)."""
+    sqls = [t["rawSql"] for t in targets(dashboard(), POSTGRES_TYPE)]
+    assert sqls
+    for sql in sqls:
+        assert "efficiency_" in sql
+        assert "_telemetry_history" not in sql
+
+
 @pytest.mark.integration
-async def test_efficiency_panel_pairs_each_vehicle_reading_with_the_nearest_meter_reading(
-    db: asyncpg.Connection, schema: str
-) -> None:
-    """Per UTC hour of [from, to): each vehicle reading of a mapped vehicle pairs with its
-    own meter's nearest reading within ±5 s inclusive (tie: the earlier one); one with
-    none is unmatched and counts in neither sum; unmapped vehicles are left out."""
+async def test_efficiency_panels_show_what_the_report_shows(db: asyncpg.Connection, schema: str) -> None:
+    """After a roll-up pass, the efficiency panel gives per hour the summary's
+    efficiency and unmatched share (hours in the range only), and the least-efficient
+    panel ranks vehicles by their DC / AC over the range, lowest first."""
     h1 = datetime(2026, 11, 27, 1, tzinfo=UTC)
     for table in HISTORY_TABLES:
         await ensure_partitions(db, schema, table, [h1.date()])
-    h2, h3 = h1 + timedelta(hours=1), h1 + timedelta(hours=2)
-
-    def at(hour: datetime, minute: int, second: int = 0) -> datetime:
-        return hour + timedelta(minutes=minute, seconds=second)
-
-    vehicles = [
-        ("EV-1", at(h1, 10), 0.9),  # meters at -3 s and +2 s: the +2 s one (1.0)
-        ("EV-1", at(h1, 20), 0.45),  # meters at -2 s and +2 s: a tie, the earlier (0.5)
-        ("EV-2", at(h1, 30), 0.7),  # its meter only at +6 s: unmatched
-        ("EV-2", at(h1, 40), 0.8),  # its meter at +5 s (1.0); MTR-1 at 0 s is not its meter
-        ("EV-3", at(h1, 50), 0.6),  # no mapping: not in the panel
-        ("EV-1", at(h2, 0), 0.9),
-        ("EV-1", h3, 5.0),  # outside [from, to)
-    ]
-    meters = [
-        ("MTR-1", at(h1, 9, 57), 5.0),
-        ("MTR-1", at(h1, 10, 2), 1.0),
-        ("MTR-1", at(h1, 19, 58), 0.5),
-        ("MTR-1", at(h1, 20, 2), 9.0),
-        ("MTR-2", at(h1, 30, 6), 3.0),
-        ("MTR-2", at(h1, 40, 5), 1.0),
-        ("MTR-1", at(h1, 40), 100.0),
-        ("MTR-3", at(h1, 50), 1.0),
-        ("MTR-1", at(h2, 0, 1), 1.0),
-        ("MTR-1", h3, 5.0),
-    ]
     await db.executemany(
         f'INSERT INTO "{schema}".vehicle_meter_mapping (vehicle_id, meter_id) VALUES ($1, $2)',
         [("EV-1", "MTR-1"), ("EV-2", "MTR-2")],
     )
-    await db.executemany(
-        f'INSERT INTO "{schema}".vehicle_telemetry_history (vehicle_id, recorded_at, received_at, kwh_delivered_dc)'
-        " VALUES ($1, $2, $2, $3)",
-        vehicles,
-    )
-    await db.executemany(
-        f'INSERT INTO "{schema}".meter_telemetry_history (meter_id, recorded_at, received_at, kwh_consumed_ac)'
-        " VALUES ($1, $2, $2, $3)",
-        meters,
-    )
+    readings = [  # (hour offset, minute, vehicle dc, meter ac; None: no meter reading)
+        (0, 10, "1", 0.9, 1.0), (0, 20, "2", 0.7, 1.0), (0, 30, "2", 0.5, None),
+        (1, 10, "1", 0.8, 1.0), (3, 10, "1", 5.0, 5.0),  # 04:00 is outside the range
+    ]  # fmt: skip
+    for hours, minute, n, dc, ac in readings:
+        at = h1 + timedelta(hours=hours, minutes=minute)
+        await db.execute(
+            f'INSERT INTO "{schema}".vehicle_telemetry_history (vehicle_id, recorded_at, received_at, kwh_delivered_dc)'
+            " VALUES ($1, $2, $2, $3)",
+            f"EV-{n}", at, dc,
+        )  # fmt: skip
+        if ac is not None:
+            await db.execute(
+                f'INSERT INTO "{schema}".meter_telemetry_history (meter_id, recorded_at, received_at, kwh_consumed_ac)'
+                " VALUES ($1, $2, $2, $3)",
+                f"MTR-{n}", at + timedelta(seconds=2), ac,
+            )  # fmt: skip
+    async with rollup_lock(db, schema, wait=None):
+        await run_pass(
+            [db], schema, now=h1 + timedelta(days=1), settle=timedelta(0), keep_from=h1 - timedelta(days=1),
+            requested=(h1, h1 + timedelta(hours=4)),
+        )  # fmt: skip
+    start, end = h1 + timedelta(minutes=30), h1 + timedelta(hours=3)  # the panel shows the hour of `start` too
 
-    rows = await db.fetch(grafana_sql(efficiency_sql(), schema, h1, h3))
+    rows = await db.fetch(grafana_sql(panel_sql("Charging efficiency by hour"), schema, start, end))
+    summary = await hourly_summary(db, schema, h1, h1 + timedelta(hours=3))
+    assert [(r["time"], r["efficiency"], r["unmatched share"]) for r in rows] == [
+        (s.hour, s.efficiency, s.unmatched / (s.matched + s.unmatched)) for s in reversed(summary)
+    ]
+    assert [s.hour for s in summary] == [h1 + timedelta(hours=1), h1]
 
-    assert [(r["time"], round(r["efficiency"], 9), r["unmatched readings"]) for r in rows] == [
-        (h1, round((0.9 + 0.45 + 0.8) / (1.0 + 0.5 + 1.0), 9), 1),
-        (h2, 0.9, 0),
+    worst = await db.fetch(grafana_sql(panel_sql("Least efficient vehicles"), schema, start, end))
+    assert [(r["vehicle"], r["efficiency"], r["matched readings"], r["unmatched readings"]) for r in worst] == [
+        ("EV-2", 0.7, 1, 1),
+        ("EV-1", pytest.approx((0.9 + 0.8) / 2.0), 2, 0),
     ]

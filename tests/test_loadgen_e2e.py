@@ -12,6 +12,7 @@ import asyncpg
 import orjson
 import pytest
 
+from bridge.commands.report import DECIMALS
 from tests.support.helpers import BridgeProcess, run_cli, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -27,6 +28,9 @@ async def cli(env: dict[str, str], module: str, *argv: str) -> str:
     return done.stdout
 
 
+REPORT_ROUNDING = 0.5 * 10**-DECIMALS
+
+
 async def count(db: asyncpg.Connection, schema: str, table: str) -> int:
     value = await db.fetchval(f'SELECT count(*) FROM "{schema}".{table}')
     assert isinstance(value, int)
@@ -34,13 +38,14 @@ async def count(db: asyncpg.Connection, schema: str, table: str) -> int:
 
 
 def same_row(report: dict[str, object], truth: dict[str, object]) -> bool:
-    """Keys and counts exactly; sums and efficiency to floating-point tolerance (SUM order differs)."""
+    """Keys and counts exactly; sums and efficiency to the report's six decimals (the
+    truth is not rounded, and adds in another order)."""
     if report.keys() != truth.keys():
         return False
     for key, expected in truth.items():
         actual = report[key]
         if isinstance(expected, float) and isinstance(actual, float):
-            if actual != pytest.approx(expected, rel=1e-9, abs=1e-9):
+            if actual != pytest.approx(expected, rel=1e-9, abs=REPORT_ROUNDING):
                 return False
         elif actual != expected:
             return False

@@ -39,9 +39,15 @@ CONTRACT_METRICS = {
     "fleet_bridge_devices_stale": ("gauge", {"stream"}),
     "fleet_bridge_sequence_gaps_total": ("counter", {"stream"}),
     "fleet_bridge_build_info": ("gauge", {"version", "python", "mqtt_reader"}),
+    "fleet_bridge_rollup_lag_seconds": ("gauge", set()),
+    "fleet_bridge_rollup_hours_total": ("counter", set()),
+    "fleet_bridge_correlation_unmatched_ratio": ("gauge", set()),
 }
 # prometheus-client's process and platform collectors, as families.
 PROCESS_FAMILIES = ("process_resident_memory_bytes", "process_cpu_seconds", "process_open_fds", "python_info")
+# promtool's linter reads "hours" in a name as a unit of time; this one counts
+# vehicle-hours (its name is fixed by the contract), so it is left out of the lint.
+NOT_LINTED = "fleet_bridge_rollup_hours_"
 STREAMS = ("meter", "vehicle")
 STALE_AFTER_S = 240  # between the fresh readings (seconds old) and the old ones (10 min)
 OLD = timedelta(minutes=10)
@@ -163,7 +169,8 @@ async def test_metrics_after_a_load_agree_with_the_database(
         promtool, "check", "metrics",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    output, _ = await asyncio.wait_for(proc.communicate(m.text.encode()), timeout=60)
+    linted = "".join(line for line in m.text.splitlines(keepends=True) if NOT_LINTED not in line)
+    output, _ = await asyncio.wait_for(proc.communicate(linted.encode()), timeout=60)
     assert proc.returncode == 0, output.decode()
 
 

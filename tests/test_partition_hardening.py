@@ -149,15 +149,36 @@ async def test_the_shortest_retention_setting_still_passes_the_floor(db: asyncpg
         assert await partition_exists(db, schema, partition_name(table, kept))
 
 
-async def test_upgrading_keeps_a_floor_an_operator_set(db: asyncpg.Connection, schema: str) -> None:
-    """Migration 0002 replaces the function (which resets its settings) and puts back
-    a floor set on it with ALTER FUNCTION before."""
+@pytest.mark.parametrize("version", [2, 3])
+async def test_upgrading_keeps_a_floor_an_operator_set(pg_dsn: str, schema: str, version: int) -> None:
+    """Migrations 0002 and 0003 replace the function (which resets its settings) and
+    put back a floor set on it with ALTER FUNCTION before the upgrade."""
     function = f'"{schema}".drop_day_partitions_before(date)'
-    await db.execute(f"ALTER FUNCTION {function} SET fleet_bridge.min_retention_days = '45'")
-    migration = next(m for m in available_migrations() if m.version == 2)
-    async with db.transaction():
-        await db.execute(f'SET LOCAL search_path TO "{schema}"')
-        await db.execute(migration.sql)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        for migration in available_migrations():
+            if migration.version == version:
+                await conn.execute(f"ALTER FUNCTION {function} SET fleet_bridge.min_retention_days = '45'")
+            if migration.version <= version:
+                async with conn.transaction():
+                    await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+                    await conn.execute(migration.sql)
 
-    config = await db.fetchval("SELECT proconfig FROM pg_proc WHERE oid = $1::regprocedure", function)
-    assert "fleet_bridge.min_retention_days=45" in config
+        config = await conn.fetchval("SELECT proconfig FROM pg_proc WHERE oid = $1::regprocedure", function)
+        assert "fleet_bridge.min_retention_days=45" in config
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+
+async def test_only_day_partitioned_tables_get_day_partitions(db: asyncpg.Connection, schema: str) -> None:
+    """ensure_day_partition makes days of the schema's partitioned tables (history and
+    roll-up) and refuses any other table, so the ingest role cannot create tables."""
+    day = date(2026, 11, 27)
+    for table in ("efficiency_hourly", "efficiency_fleet_hourly"):
+        assert await db.fetchval(f'SELECT "{schema}".ensure_day_partition($1, $2)', table, day)
+        assert await partition_exists(db, schema, partition_name(table, day))
+    with pytest.raises(asyncpg.RaiseError):
+        await db.fetchval(f'SELECT "{schema}".ensure_day_partition($1, $2)', "vehicle_meter_mapping", day)
+    assert not await partition_exists(db, schema, partition_name("vehicle_meter_mapping", day))

@@ -11,8 +11,13 @@ import pytest
 
 from bridge import clock
 from bridge.commands.cli import main
-from bridge.schema.partitions import drop_cutoff, ensure_partitions, partition_name, run_maintenance
-from bridge.streams import HISTORY_TABLES
+from bridge.schema.partitions import (
+    DAY_PARTITIONED_TABLES,
+    drop_cutoff,
+    ensure_partitions,
+    partition_name,
+    run_maintenance,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
@@ -29,23 +34,24 @@ async def partitions(db: asyncpg.Connection, schema: str, table: str) -> set[str
 
 
 async def test_premake_then_retention(db: asyncpg.Connection, schema: str) -> None:
-    """Premake makes today..today+N; retention drops days before the cutoff, keeps the rest."""
+    """Premake makes today..today+N; retention drops days before the cutoff, keeps the
+    rest: the same days of history and of the roll-up."""
     old_days = [NOW.date() - timedelta(days=n) for n in (3, 10, 11, 12)]
-    for table in HISTORY_TABLES:
+    for table in DAY_PARTITIONED_TABLES:
         await ensure_partitions(db, schema, table, old_days)
     await db.execute(
         f'INSERT INTO "{schema}".meter_telemetry_history (meter_id, recorded_at, received_at, kwh_consumed_ac)'
         " VALUES ('M', $1, $1, 1)",
         datetime.combine(old_days[1], datetime.min.time(), UTC),
     )
-    before = {t: await partitions(db, schema, t) for t in HISTORY_TABLES}
+    before = {t: await partitions(db, schema, t) for t in DAY_PARTITIONED_TABLES}
 
     result = await run_maintenance(db, schema, premake_days=2, retention_days=9, now=NOW)
 
     cutoff = drop_cutoff(NOW.date(), 9)
     assert cutoff == NOW.date() - timedelta(days=10)
     premade = [NOW.date() + timedelta(days=n) for n in range(3)]
-    for table in HISTORY_TABLES:
+    for table in DAY_PARTITIONED_TABLES:
         after = await partitions(db, schema, table)
         expected_dropped = {partition_name(table, d) for d in old_days if d < cutoff}
         assert expected_dropped == {partition_name(table, NOW.date() - timedelta(days=n)) for n in (11, 12)}
@@ -69,7 +75,7 @@ async def test_second_pass_is_a_no_op(db: asyncpg.Connection, schema: str) -> No
 async def test_two_concurrent_passes_both_succeed(pg_dsn: str, db: asyncpg.Connection, schema: str) -> None:
     """Two processes' passes at once (as two replicas would) both succeed; the days
     are created once between them."""
-    for table in HISTORY_TABLES:
+    for table in DAY_PARTITIONED_TABLES:
         await ensure_partitions(db, schema, table, [NOW.date() - timedelta(days=40)])
     conns = [await asyncpg.connect(pg_dsn) for _ in range(2)]
     try:
@@ -82,8 +88,8 @@ async def test_two_concurrent_passes_both_succeed(pg_dsn: str, db: asyncpg.Conne
     created = [name for r in results for name in r.created]
     assert len(created) == len(set(created))
     dropped = [name for r in results for name in r.dropped]
-    assert sorted(dropped) == sorted(partition_name(t, NOW.date() - timedelta(days=40)) for t in HISTORY_TABLES)
-    for table in HISTORY_TABLES:
+    assert sorted(dropped) == sorted(partition_name(t, NOW.date() - timedelta(days=40)) for t in DAY_PARTITIONED_TABLES)
+    for table in DAY_PARTITIONED_TABLES:
         assert {partition_name(table, NOW.date() + timedelta(days=n)) for n in range(6)} <= await partitions(
             db, schema, table
         )

@@ -11,11 +11,12 @@ import asyncpg
 import orjson
 import pytest
 
+from bridge.analytics.pairing import range_args
 from bridge.analytics.report import (
     EfficiencyRow,
     UnmappedVehicleError,
     fleet_report,
-    report_args,
+    hour_pieces,
     report_sql,
     vehicle_report,
 )
@@ -213,7 +214,7 @@ def scans_of(nodes: list[dict[str, Any]], table: str) -> dict[str, dict[str, Any
 def removed(nodes: list[dict[str, Any]], table: str) -> int:
     """'Subplans Removed' of the Append over ``table``'s partitions (pruned at executor start)."""
     for node in nodes:
-        if node["Node Type"] == "Append" and scans_of(list(plan_nodes(node)), table):
+        if node["Node Type"] == "Append" and scans_of(node.get("Plans", []), table):
             return int(node.get("Subplans Removed", 0))
     return 0
 
@@ -243,6 +244,15 @@ async def five_days(db: asyncpg.Connection, schema: str) -> None:
         await db.execute(f'VACUUM ANALYZE "{schema}".{table}')
 
 
+def sql_literal(value: object) -> str:
+    """A parameter value written into EXECUTE (times, an id, NULL, arrays of times)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, list):
+        return "'{" + ",".join(f'"{item.isoformat()}"' for item in value) + "}'"
+    return f"'{value.isoformat() if isinstance(value, datetime) else value}'"
+
+
 async def explain(db: asyncpg.Connection, schema: str, mode: str, vehicle: str | None) -> list[dict[str, Any]]:
     """The plan the server makes for the report over DAY, as EXPLAIN shows it.
 
@@ -251,10 +261,11 @@ async def explain(db: asyncpg.Connection, schema: str, mode: str, vehicle: str |
     values (generic: pruned when the executor starts, shown as "Subplans Removed").
     A client's cached statement gets the first kind, then may switch to the second.
     """
-    sql = report_sql(schema, one_vehicle=vehicle is not None)
-    values = [*report_args(T0, T0 + timedelta(days=1)), *([vehicle] if vehicle else [])]
-    types = "timestamptz, timestamptz, timestamptz, timestamptz" + (", text" if vehicle else "")
-    literals = ", ".join(f"'{value.isoformat() if isinstance(value, datetime) else value}'" for value in values)
+    pieces = hour_pieces(T0, T0 + timedelta(days=1))
+    values = [*range_args(T0, T0 + timedelta(days=1)), vehicle, [], [lo for lo, _ in pieces], [hi for _, hi in pieces]]
+    types = "timestamptz, timestamptz, timestamptz, timestamptz, text, timestamptz[], timestamptz[], timestamptz[]"
+    literals = ", ".join(sql_literal(value) for value in values)
+    sql = report_sql(schema)
     await db.execute(f"SET plan_cache_mode = {mode}")
     await db.execute(f"PREPARE report_plan ({types}) AS {sql}")
     try:

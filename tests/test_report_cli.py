@@ -16,17 +16,11 @@ import asyncpg
 import orjson
 import pytest
 
-from bridge.analytics.report import EfficiencyRow
+from bridge import clock
+from bridge.analytics.report import EfficiencyRow, HourSummary
 from bridge.commands.cli import main
-from bridge.commands.report import (
-    COLUMNS,
-    format_csv,
-    format_json,
-    format_table,
-    hourly_totals,
-    parse_time,
-    plot_report,
-)
+from bridge.commands.ranges import moment_arg
+from bridge.commands.report import COLUMNS, SUMMARY_COLUMNS, format_csv, format_json, format_table
 from bridge.schema.partitions import ensure_partitions
 
 pytestmark = pytest.mark.clock
@@ -65,8 +59,9 @@ EXPECTED_JSON = [
 def test_times_are_rfc3339_or_dates_and_come_back_in_utc(text: str, expected: datetime) -> None:
     """RFC 3339 with Z or an offset, and a plain date meaning UTC midnight, all parse
     to the same instant in UTC."""
-    parsed = parse_time(text)
+    parsed = moment_arg(text)
     assert parsed == expected
+    assert isinstance(parsed, datetime)
     assert parsed.utcoffset() == timedelta(0)
 
 
@@ -84,7 +79,7 @@ def test_naive_or_malformed_times_are_usage_errors(text: str, message: str) -> N
     """A time without an offset is ambiguous and refused, like anything that is not a
     time at all: argparse turns the error into exit 2 with the message."""
     with pytest.raises(argparse.ArgumentTypeError, match=message):
-        parse_time(text)
+        moment_arg(text)
 
 
 @pytest.mark.unit
@@ -119,19 +114,31 @@ def test_table_is_aligned_with_a_dash_for_undefined_efficiency() -> None:
 
 
 @pytest.mark.unit
-def test_plot_series_sums_the_fleet_per_hour_oldest_first() -> None:
-    """The plot draws one series: DC and AC summed over vehicles, efficiency of the sums."""
-    assert hourly_totals(ROWS) == [(H13 - timedelta(hours=1), 1.0, 1.25, 0.8), (H13, 2.25, 2.5, 0.9)]
-    assert hourly_totals([ROWS[1]]) == [(H13, 0.0, 0.0, None)]
+def test_csv_and_json_round_to_six_decimals_and_the_table_to_three() -> None:
+    """Binary noise (1.5524200000000001) is rounded away in CSV and JSON; the table
+    shows three decimals."""
+    row = EfficiencyRow("EV-1", H13, 1.5524200000000001, 2.0000004, 1.5524200000000001 / 2.0000004, 3, 0)
+    assert orjson.loads(format_json([row]))[0] | {"vehicle_id": "", "hour": ""} == {
+        "vehicle_id": "", "hour": "", "total_dc_kwh": 1.55242, "total_ac_kwh": 2.0, "efficiency": 0.77621,
+        "matched": 3, "unmatched": 0,
+    }  # fmt: skip
+    assert format_csv([row]).splitlines()[1] == "EV-1,2026-11-27T13:00:00Z,1.55242,2.0,0.77621,3,0"
+    assert format_table([row]).splitlines()[2].split()[2:5] == ["1.552", "2.000", "0.776"]
 
 
 @pytest.mark.unit
-def test_plot_writes_a_png(tmp_path: Path) -> None:
-    """With the plot extra installed, the report draws a PNG file (no display needed)."""
-    pytest.importorskip("matplotlib")
-    path = tmp_path / "report.png"
-    plot_report(ROWS, path, "test")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_summary_rows_have_exactly_the_summary_keys() -> None:
+    """--summary prints hour, vehicles, the sums and efficiency, in every format."""
+    summary = [HourSummary(H13, 2, 2.25, 2.5, 0.9, 5, 4)]
+    assert list(orjson.loads(format_json(summary))[0]) == list(SUMMARY_COLUMNS)
+    assert SUMMARY_COLUMNS == ("hour", "vehicles", "total_dc_kwh", "total_ac_kwh", "efficiency", "matched", "unmatched")
+    assert format_csv(summary, SUMMARY_COLUMNS).splitlines() == [
+        ",".join(SUMMARY_COLUMNS),
+        "2026-11-27T13:00:00Z,2,2.25,2.5,0.9,5,4",
+    ]
+    assert format_table(summary, SUMMARY_COLUMNS).splitlines()[2].split() == [
+        "2026-11-27T13:00:00Z", "2", "2.250", "2.500", "0.900", "5", "4",
+    ]  # fmt: skip
 
 
 @pytest.mark.unit
@@ -270,3 +277,64 @@ def test_empty_or_naive_ranges_exit_2(capsys: pytest.CaptureFixture[str]) -> Non
         main(["report", "--from", "2026-11-27T00:00:00", "--to", "2026-11-28"])
     assert exited.value.code == 2
     assert "no UTC offset" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("missing-dir/r.png", "does not exist"), ("r.svg", "must end in .png"), ("a-directory.png", "is a directory")],
+)
+def test_a_plot_file_that_cannot_be_written_exits_2_before_any_query(
+    name: str, problem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The --plot path is checked first: with no database listening, the command still
+    exits 2 naming the problem, instead of 1 for the connection (or a failure after a
+    long query)."""
+    pytest.importorskip("matplotlib")
+    (tmp_path / "a-directory.png").mkdir()
+    monkeypatch.setenv("FLEET_BRIDGE_DB_DSN", "postgresql://nobody@127.0.0.1:1/none")
+    argv = ["report", "--from", "2026-11-27", "--to", "2026-11-28", "--plot", str(tmp_path / name)]
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert problem in err
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("two_hours")
+async def test_summary_and_live_from_the_command(run_cli: RunCli) -> None:
+    """`--summary` sums the hours over the vehicles; `--live` gives what the default
+    gives (nothing is rolled up here, and with a roll-up it must not differ either)."""
+    code, out, _ = await run_cli(*REPORT, "--summary", "--format", "json")
+    assert code == 0
+    assert orjson.loads(out) == [
+        {"hour": "2026-11-27T13:00:00Z", "vehicles": 1, "total_dc_kwh": 1.5, "total_ac_kwh": 1.5, "efficiency": 1.0,
+         "matched": 2, "unmatched": 0},
+        {"hour": "2026-11-27T12:00:00Z", "vehicles": 1, "total_dc_kwh": 0.75, "total_ac_kwh": 1.0,
+         "efficiency": 0.75, "matched": 1, "unmatched": 1},
+    ]  # fmt: skip
+    for extra in ([], ["--summary"], ["--vehicle", "EV-1"]):
+        default = await run_cli(*REPORT, *extra, "--format", "csv")
+        assert await run_cli(*REPORT, *extra, "--format", "csv", "--live") == default
+
+
+@pytest.mark.integration
+async def test_relative_times_count_back_from_now(run_cli: RunCli, db: asyncpg.Connection, schema: str) -> None:
+    """`--from -3h --to now` covers the last three hours by the product's clock: a
+    reading 2 hours old is in, one 4 hours old is not."""
+    now = clock.now()
+    for table in ("meter_telemetry_history", "vehicle_telemetry_history"):
+        await ensure_partitions(db, schema, table, {(now - timedelta(hours=h)).date() for h in (2, 4)})
+    await db.execute(f"INSERT INTO \"{schema}\".vehicle_meter_mapping VALUES ('EV-1', 'MTR-1')")
+    for hours_ago in (2, 4):
+        await db.execute(
+            f'INSERT INTO "{schema}".vehicle_telemetry_history (vehicle_id, recorded_at, received_at, kwh_delivered_dc)'
+            " VALUES ('EV-1', $1, $1, 1.0)",
+            now - timedelta(hours=hours_ago),
+        )
+
+    code, out, _ = await run_cli("report", "--from", "-3h", "--to", "now", "--format", "json")
+
+    assert code == 0
+    assert [(r["vehicle_id"], r["unmatched"]) for r in orjson.loads(out)] == [("EV-1", 1)]

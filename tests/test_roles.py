@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
 ROLES_SQL = ROOT / "deploy" / "postgres" / "roles.sql"
 HISTORY = ("meter_telemetry_history", "vehicle_telemetry_history")
+ROLLUP = ("efficiency_hourly", "efficiency_fleet_hourly", "efficiency_invalidations")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,8 +209,8 @@ async def test_report_and_status_run_as_report_role_on_what_the_ingest_role_stor
 
 async def test_ingest_role_cannot_drop_alter_delete_or_create(roles: Roles) -> None:
     """Every statement that would change the schema or remove data fails for the
-    ingest role with insufficient_privilege: it can only add rows and update current
-    state."""
+    ingest role with insufficient_privilege: it can only add rows, update current
+    state and the roll-up, and clear worked-off roll-up invalidations."""
     schema = roles.schema
     conn = await roles.connect("ingest")
     partition = await conn.fetchval(
@@ -231,6 +232,12 @@ async def test_ingest_role_cannot_drop_alter_delete_or_create(roles: Roles) -> N
         f"INSERT INTO \"{schema}\".vehicle_meter_mapping (vehicle_id, meter_id) VALUES ('EV-1', 'MTR-1')",
         f"INSERT INTO \"{schema}\".schema_migrations (version, name) VALUES (9999, 'fake')",
         f'DROP FUNCTION "{schema}".ensure_day_partition(text, date)',
+        f'DELETE FROM "{schema}".efficiency_hourly',
+        f'DELETE FROM "{schema}".efficiency_fleet_hourly',
+        f'TRUNCATE "{schema}".efficiency_invalidations',
+        f"UPDATE \"{schema}\".efficiency_invalidations SET meter_ids = '{{}}'",
+        f"UPDATE \"{schema}\".vehicle_meter_mapping SET meter_id = 'MTR-0'",
+        f'DELETE FROM "{schema}".vehicle_meter_mapping',
     ]
     allowed = []
     try:
@@ -253,7 +260,7 @@ async def test_report_role_reads_everything_and_cannot_write(roles: Roles) -> No
     conn = await roles.connect("report")
     try:
         for table in (*HISTORY, "meter_current_state", "vehicle_current_state", "vehicle_meter_mapping",
-                      "ingest_rejects", "schema_migrations"):  # fmt: skip
+                      "ingest_rejects", "schema_migrations", *ROLLUP):  # fmt: skip
             await conn.fetchval(f'SELECT count(*) FROM "{schema}".{table}')
         at = "'2026-11-27T12:00:00Z'"
         insert = f"INSERT INTO \"{schema}\".meter_current_state VALUES ('MTR-1', {at}, {at}, 1)"

@@ -22,6 +22,7 @@ from bridge.commands.adopt import add_adopt_arguments, cmd_adopt_session
 from bridge.commands.config import cmd_config
 from bridge.commands.mapping import add_import_arguments, cmd_mapping_import
 from bridge.commands.report import add_report_arguments, cmd_report
+from bridge.commands.rollup import add_rollup_arguments, cmd_rollup
 from bridge.commands.status import fetch_status, render_json, render_table
 from bridge.config import Settings, load_settings, unknown_variables
 from bridge.db import NOT_MIGRATED, connect, db_address
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_adopt_arguments(add("adopt-session", cmd_adopt_session, adopt_help))
     config = add("config", cmd_config, "the effective settings and where each came from (file, variable, flag)")
     config.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    add_rollup_arguments(add("rollup", cmd_rollup, "refresh the efficiency roll-up: dirty settled hours, or a range"))
     # `mapping` has one action so far, `import`; the nested parser makes it required.
     mapping = add("mapping", cmd_mapping_import, "manage the vehicle-to-meter mapping")
     actions = mapping.add_subparsers(dest="mapping_command", required=True, metavar="ACTION")

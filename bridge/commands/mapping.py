@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from bridge import clock
+from bridge.analytics.invalidation import invalidate_vehicles
 from bridge.config import Settings
 from bridge.db import Conn, connect, qualified
 from bridge.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BridgeError
@@ -88,18 +89,21 @@ class ImportResult:
 
 
 async def upsert_mapping(conn: Conn, schema: str, pairs: list[tuple[str, str]]) -> ImportResult:
-    """Insert new vehicles and repoint changed ones, in one statement (so one transaction)."""
+    """Insert new vehicles and repoint changed ones, in one transaction that also
+    invalidates every rolled-up hour of the vehicles it adds or changes."""
     table = qualified(schema, "vehicle_meter_mapping")
-    written = await conn.fetch(
-        f"INSERT INTO {table} AS t (vehicle_id, meter_id, updated_at)"
-        " SELECT v, m, $3 FROM unnest($1::text[], $2::text[]) AS u(v, m)"
-        " ON CONFLICT (vehicle_id) DO UPDATE SET meter_id = excluded.meter_id, updated_at = excluded.updated_at"
-        " WHERE t.meter_id IS DISTINCT FROM excluded.meter_id"
-        " RETURNING (xmax = 0) AS inserted",  # xmax is 0 only on a freshly inserted row
-        [vehicle for vehicle, _ in pairs],
-        [meter for _, meter in pairs],
-        clock.now(),
-    )
+    async with conn.transaction():
+        written = await conn.fetch(
+            f"INSERT INTO {table} AS t (vehicle_id, meter_id, updated_at)"
+            " SELECT v, m, $3 FROM unnest($1::text[], $2::text[]) AS u(v, m)"
+            " ON CONFLICT (vehicle_id) DO UPDATE SET meter_id = excluded.meter_id, updated_at = excluded.updated_at"
+            " WHERE t.meter_id IS DISTINCT FROM excluded.meter_id"
+            " RETURNING vehicle_id, (xmax = 0) AS inserted",  # xmax is 0 only on a freshly inserted row
+            [vehicle for vehicle, _ in pairs],
+            [meter for _, meter in pairs],
+            clock.now(),
+        )
+        await invalidate_vehicles(conn, schema, [row["vehicle_id"] for row in written])
     added = sum(1 for row in written if row["inserted"])
     return ImportResult(added=added, changed=len(written) - added, unchanged=len(pairs) - len(written))
 

@@ -9,7 +9,6 @@ value says nothing about now); a reading without ``power_kw`` adds nothing.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +16,7 @@ import asyncpg
 import orjson
 
 from bridge import clock
+from bridge.commands.table import aligned
 from bridge.db import qualified
 from bridge.streams import STREAM_NAMES, STREAMS
 
@@ -106,22 +106,10 @@ def render_json(status: FleetStatus) -> str:
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
 
 
-def _aligned(rows: Sequence[Sequence[str]], numeric: frozenset[int]) -> list[str]:
-    """Rows as text columns: numbers right-aligned, text left-aligned."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [
-            cell.rjust(w) if i in numeric else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
 def render_table(status: FleetStatus) -> str:
     """A short human-readable report: one line per stream, then the power totals."""
-    rows = [("stream", "devices", "reporting", "stale", "newest reading", "oldest reading")]
+    header = ("stream", "devices", "reporting", "stale", "newest reading", "oldest reading")
+    rows = []
     for name in STREAM_NAMES:
         s: StreamStatus = getattr(status, name)
         times = (_rfc3339(s.newest, "seconds") or "-", _rfc3339(s.oldest, "seconds") or "-")
@@ -129,7 +117,7 @@ def render_table(status: FleetStatus) -> str:
     lines = [
         f"fleet at {_rfc3339(status.as_of, 'seconds')} (stale: no reading for {status.stale_after_s} s)",
         "",
-        *_aligned(rows, numeric=frozenset({1, 2, 3})),
+        *aligned(header, rows, numeric={1, 2, 3}),
         "",
         f"total AC power (reporting meters):   {status.meter.power_kw:.3f} kW",
         f"total DC power (reporting vehicles): {status.vehicle.power_kw:.3f} kW",

@@ -17,12 +17,11 @@ from typing import Final, NamedTuple
 import orjson
 
 from bridge.streams import STREAMS, VEHICLE, StreamSpec
+from bridge.timeparse import TimeFormatError, parse_rfc3339
 
 __all__ = ["ParseRules", "Reading", "Reject", "RejectReason", "oldest_accepted_day", "parse_message"]
 
 DEVICE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-# RFC 3339 date-time; the offset is mandatory (a naive time is ambiguous).
-RFC3339: Final = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?")
 # Epoch-millisecond timestamps outside these years are almost surely seconds or garbage.
 EPOCH_MS_MIN: Final = 946_684_800_000  # 2000-01-01
 EPOCH_MS_MAX: Final = 4_102_444_800_000  # 2100-01-01
@@ -188,15 +187,10 @@ def _timestamp(raw: object) -> datetime:
 
 
 def _rfc3339(raw: str) -> datetime:
-    match = RFC3339.fullmatch(raw)
-    if match is None:
-        raise _Invalid(RejectReason.BAD_TIMESTAMP, f"ts {raw[:80]!r} is not RFC 3339")
-    if match["offset"] is None:
-        raise _Invalid(RejectReason.BAD_TIMESTAMP, f"ts {raw!r} has no UTC offset (ambiguous)")
     try:
-        return datetime.fromisoformat(raw.upper()).astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise _Invalid(RejectReason.BAD_TIMESTAMP, f"ts {raw!r} is not a valid date and time") from None
+        return parse_rfc3339(raw)
+    except TimeFormatError as exc:
+        raise _Invalid(RejectReason.BAD_TIMESTAMP, f"ts {exc}") from None
 
 
 def _number(doc: dict[str, object], name: str) -> float | None:

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from bridge import __version__, clock
+from bridge.analytics.rollup_loop import rollup_loop
 from bridge.broker_health import watch_broker
 from bridge.config import Settings
 from bridge.db import create_pool
@@ -157,6 +158,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event) -> None:
                 tasks.create_task(maintenance_loop(pool, settings)),
                 tasks.create_task(stale_loop(pool, settings, metrics, health)),
                 tasks.create_task(watch_broker(settings, metrics, lambda: health.mqtt_connected)),
+                tasks.create_task(rollup_loop(settings, metrics)),
             ]
             outcome = await bridge.run(stop)
             for chore in chores:

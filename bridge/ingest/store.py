@@ -14,6 +14,7 @@ import asyncpg
 import structlog
 
 from bridge import clock
+from bridge.analytics.invalidation import batch_cte, every_vehicle_hours
 from bridge.db import Conn, qualified, sqlstate
 from bridge.ingest.batch import history_columns, split_by_stream
 from bridge.ingest.parse import Reading, Reject, RejectReason
@@ -83,8 +84,10 @@ def _stream_ctes(schema: str, spec: StreamSpec, first: int) -> str:
 
 def batch_sql(schema: str) -> str:
     """The whole batch in ONE statement, so in one transaction and one round trip:
-    every stream's history and current state, then the rejects. Parameters: each
-    stream's column arrays in STREAMS' order, then the rejects' five arrays. Returns
+    every stream's history and current state, the rejects, and what the readings may
+    change in the efficiency roll-up (bridge/analytics/invalidation.py). Parameters:
+    each stream's column arrays in STREAMS' order, the rejects' five arrays, then
+    the hours invalidated for every vehicle (or NULLs) and the time. Returns
     one row: the history rows inserted per stream, and the reasons of the rejects
     stored (a reject already stored is not stored twice).
 
@@ -103,6 +106,8 @@ def batch_sql(schema: str) -> str:
         f"(received_at, topic, payload, reason, detail) SELECT * FROM unnest({rejects}) "
         "ON CONFLICT (topic, payload_sha256) DO NOTHING RETURNING reason)"
     )
+    first += len(_REJECT_TYPES)
+    ctes.append(batch_cte(schema, "vehicle_batch", "meter_batch", first, first + 1, first + 2))
     counts = ", ".join(f"(SELECT count(*) FROM {name}_inserted) AS {name}" for name in STREAMS)
     return (
         f"WITH {', '.join(ctes)} "
@@ -145,9 +150,10 @@ class PgStore:
             [r.reason for r in ordered],
             [_text(r.detail) for r in ordered],
         ]
+        every_vehicle = every_vehicle_hours(by_stream) or (None, None)
         async with self._pool.acquire() as conn:
             await self._ensure_partitions(conn, by_stream)
-            row = await conn.fetchrow(self._sql, *arrays)
+            row = await conn.fetchrow(self._sql, *arrays, *every_vehicle, clock.now())
         assert row is not None  # a SELECT of aggregates returns one row
         outcome = WriteOutcome(committed_at=clock.now())
         for spec in STREAMS.values():

@@ -1,4 +1,4 @@
-"""Daily partitions of the history tables: pure date arithmetic plus the few
+"""Daily partitions of the history and roll-up tables: pure date arithmetic plus the few
 statements that create and drop them (through the SECURITY DEFINER functions of
 the schema, so the ingest role needs no ownership)."""
 
@@ -13,6 +13,8 @@ from bridge.db import Conn, qualified
 from bridge.streams import HISTORY_TABLES
 
 __all__ = [
+    "DAY_PARTITIONED_TABLES",
+    "ROLLUP_TABLES",
     "MaintenanceResult",
     "days_to_premake",
     "drop_cutoff",
@@ -21,6 +23,10 @@ __all__ = [
     "run_maintenance",
 ]
 
+# Every table partitioned by UTC day: the roll-up's days are premade and dropped
+# with history's, so a report never finds a rolled-up hour whose readings are gone.
+ROLLUP_TABLES = ("efficiency_hourly", "efficiency_fleet_hourly")
+DAY_PARTITIONED_TABLES = (*HISTORY_TABLES, *ROLLUP_TABLES)
 MAINTENANCE_LOCK = "fleet_bridge.maintenance"
 # Retention keeps one extra day, so a reading accepted just before midnight (when
 # the window moves) still finds its partition.
@@ -69,7 +75,7 @@ async def run_maintenance(
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", MAINTENANCE_LOCK)
         created = []
-        for table in HISTORY_TABLES:
+        for table in DAY_PARTITIONED_TABLES:
             days = await ensure_partitions(conn, schema, table, days_to_premake(today, premake_days))
             created += [partition_name(table, day) for day in days]
         dropped = await conn.fetch(
