@@ -7,7 +7,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -26,9 +26,11 @@ PREFIX = "bench/"
 LOGS = Path(tempfile.mkdtemp(prefix="bench-logs-"))
 
 
-def backlog(n: int, devices: int = 10_000) -> list[tuple[str, bytes]]:
-    """n readings, alternating meter and vehicle, one per device per minute."""
-    start = clock.now().replace(second=0, microsecond=0) - timedelta(minutes=n // (2 * devices) + 2)
+def backlog(n: int, devices: int = 10_000, start: datetime | None = None) -> list[tuple[str, bytes]]:
+    """n readings, alternating meter and vehicle, one per device per minute, from
+    ``start`` (default: so that the last minute is just past)."""
+    if start is None:
+        start = clock.now().replace(second=0, microsecond=0) - timedelta(minutes=n // (2 * devices) + 2)
     out = []
     for i in range(n // 2):
         device, minute = i % devices, i // devices
@@ -42,12 +44,25 @@ def backlog(n: int, devices: int = 10_000) -> list[tuple[str, bytes]]:
     return out
 
 
+async def map_pairs(conn: asyncpg.Connection, schema: str, devices: int = 10_000) -> None:
+    """EV-n is charged through MTR-n, as the simulated fleets here are."""
+    await conn.execute(
+        f'INSERT INTO "{schema}".vehicle_meter_mapping (vehicle_id, meter_id)'
+        " SELECT format('EV-%s', lpad(d::text, 5, '0')), format('MTR-%s', lpad(d::text, 5, '0'))"
+        " FROM generate_series(0, $1 - 1) d",
+        devices,
+    )
+
+
 async def fresh_schema(schema: str) -> None:
+    """Migrated, today's partitions made, the fleet's pairs mapped (so the daemon's
+    efficiency roll-up has the work it would have in production)."""
     conn = await asyncpg.connect(DSN)
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await apply_migrations(conn, schema)
         await run_maintenance(conn, schema, premake_days=1, retention_days=400)
+        await map_pairs(conn, schema)
     finally:
         await conn.close()
 

@@ -69,14 +69,21 @@ def committed(bridge: BridgeProcess) -> float:
 
 
 async def bridge_drain(
-    broker: MosquittoProcess, messages: list[tuple[str, bytes]], *, commits: int = 2, db_delay_s: float = 0.0
+    broker: MosquittoProcess,
+    messages: list[tuple[str, bytes]],
+    *,
+    commits: int = 2,
+    db_delay_s: float = 0.0,
+    schema: str = "bench_drain",
+    **settings: str,
 ) -> dict[str, float]:
     """Queue the backlog in a stopped bridge's session, start it, time the drain;
     ``commits`` batches commit at once, each byte to and from PostgreSQL delayed
-    ``db_delay_s`` each way."""
-    schema = "bench_drain"
+    ``db_delay_s`` each way, ``settings`` (FLEET_BRIDGE_* variables) added."""
     await fresh_schema(schema)
-    env = {"FLEET_BRIDGE_DB_COMMITS_IN_FLIGHT": str(commits), "FLEET_BRIDGE_DB_POOL_MAX": str(commits + 2)}
+    env = {
+        "FLEET_BRIDGE_DB_COMMITS_IN_FLIGHT": str(commits), "FLEET_BRIDGE_DB_POOL_MAX": str(commits + 2), **settings,
+    }  # fmt: skip
     with bridge_process(broker, schema, **env) as bridge:
         await bridge.wait_ready()  # session and subscriptions exist now
     await asyncio.to_thread(publish, broker.host, broker.port, messages, timeout=3600)
@@ -159,10 +166,11 @@ def parsed_batches(messages: list[tuple[str, bytes]], size: int) -> list[Batch]:
     return [Batch(readings=readings[i : i + size]) for i in range(0, len(readings), size)]
 
 
-async def database_alone(messages: list[tuple[str, bytes]], connections: int, size: int = 2000) -> dict[str, float]:
+async def database_alone(
+    messages: list[tuple[str, bytes]], connections: int, size: int = 2000, schema: str = "bench_db"
+) -> dict[str, float]:
     """Ceiling: the bridge's own SQL (Writer over PgStore) fed pre-parsed batches back
     to back, ``connections`` batches committing at once."""
-    schema = "bench_db"
     await fresh_schema(schema)
     batches: asyncio.Queue[Batch] = asyncio.Queue()
     for batch in parsed_batches(messages, size):

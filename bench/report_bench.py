@@ -31,6 +31,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.common import map_pairs
 from bridge.analytics.report import EfficiencyRow, fleet_report, vehicle_report
 from bridge.schema.migrate import apply_migrations
 from bridge.schema.partitions import ensure_partitions, partition_name
@@ -40,17 +41,24 @@ DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 JITTER_STEPS = 97  # distinct jitter values, cycled over devices and minutes
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dsn", default=os.environ.get("FLEET_BRIDGE_DB_DSN", DEFAULT_DSN))
-    parser.add_argument("--schema", default="bench_report", help="dropped and re-created (default: bench_report)")
-    parser.add_argument("--days", type=int, default=2, help="days of history to load (about 5 GB each; default 2)")
+def add_load_arguments(parser: argparse.ArgumentParser, *, dsn: str, schema: str, days: int) -> None:
+    """What to load where, how often to time, and whether to keep it (also bench/rollup_bench.py's)."""
+    parser.add_argument("--dsn", default=os.environ.get("FLEET_BRIDGE_DB_DSN", dsn))
+    parser.add_argument("--schema", default=schema, help=f"dropped and re-created (default: {schema})")
+    parser.add_argument(
+        "--days", type=int, default=days, help=f"days of history to load (about 5 GB each; default {days})"
+    )
     parser.add_argument("--devices", type=int, default=10_000, help="meters, and as many vehicles (default 10000)")
     parser.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 1), help="first day (UTC)")
     parser.add_argument("--runs", type=int, default=7, help="timed runs per query (median reported)")
-    parser.add_argument("--vehicle", help="the vehicle of the one-vehicle queries (default: the middle one)")
     parser.add_argument("--keep", action="store_true", help="keep the schema afterwards (e.g. to re-run queries)")
     parser.add_argument("--skip-load", action="store_true", help="time the queries on a schema kept earlier")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_load_arguments(parser, dsn=DEFAULT_DSN, schema="bench_report", days=2)
+    parser.add_argument("--vehicle", help="the vehicle of the one-vehicle queries (default: the middle one)")
     return parser.parse_args()
 
 
@@ -106,12 +114,7 @@ async def load(conn: asyncpg.Connection, args: argparse.Namespace) -> None:
         await ensure_partitions(conn, args.schema, table, partition_days)
         for day in partition_days:
             await conn.execute(f'ALTER TABLE "{args.schema}".{partition_name(table, day)} SET UNLOGGED')
-    await conn.execute(
-        f'INSERT INTO "{args.schema}".vehicle_meter_mapping (vehicle_id, meter_id)'
-        " SELECT format('EV-%s', lpad(d::text, 5, '0')), format('MTR-%s', lpad(d::text, 5, '0'))"
-        " FROM generate_series(0, $1 - 1) d",
-        args.devices,
-    )
+    await map_pairs(conn, args.schema, args.devices)
     started = time.monotonic()
     for n, day in enumerate(days):
         for h in range(24):

@@ -20,6 +20,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from bridge.commands.report import DECIMALS
+
 NO_PROGRESS_TIMEOUT_S = 180.0
 PROGRESS_EVERY_S = 10.0
 SHOWN_METRICS = tuple(
@@ -143,13 +145,13 @@ def pick_vehicle(truth_path: Path) -> str:
 
 
 def same(report: dict[str, Any], truth: dict[str, Any]) -> bool:
-    """Equal keys and counts; sums and efficiency to floating-point tolerance."""
+    """Equal keys and counts; sums and efficiency to the report's six decimals."""
     if report.keys() != truth.keys():
         return False
     for key, expected in truth.items():
         actual = report[key]
         if isinstance(expected, float) and isinstance(actual, float):
-            if abs(actual - expected) > 1e-9 * max(1.0, abs(expected)):
+            if abs(actual - expected) > 0.5 * 10**-DECIMALS + 1e-9 * abs(expected):
                 return False
         elif actual != expected:
             return False

@@ -11,9 +11,11 @@
 --
 --   owner   owns the schema and everything in it; runs `fleet-bridge migrate`,
 --           `fleet-bridge partitions` and `fleet-bridge mapping import`.
---   ingest  the daemon (`fleet-bridge run`): writes readings and rejects, makes
---           and drops day partitions only through the schema's two SECURITY
---           DEFINER functions. Cannot create, alter, drop, delete or truncate.
+--   ingest  the daemon (`fleet-bridge run`): writes readings and rejects, keeps
+--           the efficiency roll-up, makes and drops day partitions only through
+--           the schema's two SECURITY DEFINER functions. Cannot create, alter,
+--           drop or truncate, and deletes nothing but worked-off roll-up
+--           invalidations.
 --   report  analysts (`fleet-bridge report`, `fleet-bridge status`): SELECT only,
 --           in read-only transactions.
 --
@@ -93,8 +95,11 @@ SELECT to_regclass(format('%I.%I', :'schema', 'schema_migrations')) IS NOT NULL 
     REVOKE ALL ON ALL FUNCTIONS IN SCHEMA :"schema" FROM :"ingest", :"report";
 
     -- ingest: history is append-only; current state is upserted (newest wins);
-    -- rejects are inserted (RETURNING needs SELECT). Nothing on the mapping or
-    -- on schema_migrations.
+    -- rejects are inserted (RETURNING needs SELECT). The roll-up (the daemon's
+    -- loop, or `fleet-bridge rollup` run as this role) reads the mapping, upserts
+    -- its two tables, and deletes the invalidation rows it has worked off: those
+    -- only say what to recompute, and this role can rewrite the roll-up anyway.
+    -- Nothing else on the mapping, nothing on schema_migrations.
     GRANT SELECT, INSERT ON
         :"schema".meter_telemetry_history,
         :"schema".vehicle_telemetry_history,
@@ -102,9 +107,16 @@ SELECT to_regclass(format('%I.%I', :'schema', 'schema_migrations')) IS NOT NULL 
         TO :"ingest";
     GRANT SELECT, INSERT, UPDATE ON
         :"schema".meter_current_state,
-        :"schema".vehicle_current_state
+        :"schema".vehicle_current_state,
+        :"schema".efficiency_hourly,
+        :"schema".efficiency_fleet_hourly
         TO :"ingest";
-    GRANT USAGE ON SEQUENCE :"schema".ingest_rejects_id_seq TO :"ingest";
+    GRANT SELECT, INSERT, DELETE ON :"schema".efficiency_invalidations TO :"ingest";
+    GRANT SELECT ON :"schema".vehicle_meter_mapping TO :"ingest";
+    GRANT USAGE ON SEQUENCE
+        :"schema".ingest_rejects_id_seq,
+        :"schema".efficiency_invalidations_id_seq
+        TO :"ingest";
     GRANT EXECUTE ON FUNCTION
         :"schema".ensure_day_partition(text, date),
         :"schema".drop_day_partitions_before(date)
@@ -113,13 +125,14 @@ SELECT to_regclass(format('%I.%I', :'schema', 'schema_migrations')) IS NOT NULL 
     -- report: read everything.
     GRANT SELECT ON ALL TABLES IN SCHEMA :"schema" TO :"report";
 
-    -- The day partitions that exist already, as the default privileges do for new ones.
+    -- The day partitions that exist already (history and roll-up), as the default
+    -- privileges do for new ones.
     SELECT format('GRANT SELECT, INSERT ON %I.%I TO %I', :'schema', c.relname, :'ingest')
     FROM pg_inherits i
     JOIN pg_class c ON c.oid = i.inhrelid
     JOIN pg_class p ON p.oid = i.inhparent
     WHERE p.relnamespace = to_regnamespace(:'schema')
-      AND p.relname IN ('meter_telemetry_history', 'vehicle_telemetry_history')
+      AND p.relkind = 'p'
     ORDER BY c.relname
     \gexec
 \else
