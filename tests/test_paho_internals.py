@@ -6,7 +6,11 @@ says which reader runs."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import asyncpg
 import paho.mqtt.client as paho
@@ -51,6 +55,8 @@ def test_the_installed_paho_is_a_verified_release() -> None:
     [
         ("2.1.0", [], False),
         ("2.2.1.post1", [], False),
+        ("2.10.0", [], True),
+        ("2.20.1", [], True),
         ("2.3.0", [], True),
         ("3.0.0", [], True),
         ("2.0.0", [], True),
@@ -67,6 +73,26 @@ def test_another_release_or_a_missing_attribute_refuses_the_fast_reader(
     if refusal is not None:
         assert version in refusal
         assert all(name in refusal for name in missing)
+
+
+@pytest.mark.unit
+def test_a_client_without_an_attribute_or_a_reader_state_key_is_reported() -> None:
+    """missing_attributes() looks: a client lacking one attribute, or whose reader
+    state lacks a key, is reported by name."""
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    kept = {name: getattr(client, name) for name in paho_internals.PRIVATE_ATTRIBUTES if name != "_packet_handle"}
+    kept["_in_packet"] = {key: value for key, value in kept["_in_packet"].items() if key != "to_process"}
+    stub = cast(paho.Client, SimpleNamespace(**kept))
+    assert paho_internals.missing_attributes(stub) == ["_packet_handle", "_in_packet[to_process]"]
+
+
+@pytest.mark.unit
+def test_every_private_attribute_the_fence_touches_is_listed() -> None:
+    """A private attribute used in paho_internals.py but missing from
+    PRIVATE_ATTRIBUTES would escape the canary above."""
+    source = Path(paho_internals.__file__).read_text(encoding="utf-8")
+    used = set(re.findall(r"\bclient\.(_[a-z]\w*)", source))
+    assert used == set(paho_internals.PRIVATE_ATTRIBUTES)
 
 
 @pytest.mark.unit

@@ -42,6 +42,7 @@ class FakeLink:
         self.window = window
         self.acked: list[int] = []
         self.ended_session: bool | None = None  # how it was closed, once it was
+        self.acked_at_close: list[int] | None = None  # what was acknowledged by then
         self.session_present = True
         self.left = False
         self.announced_leaving = False
@@ -67,6 +68,7 @@ class FakeLink:
     async def close(self, *, end_session: bool = False) -> None:
         if self.ended_session is None:
             self.ended_session = end_session
+            self.acked_at_close = list(self.acked)
         self._up = False
         self.window.release(len(self._queue))
         self._queue.clear()
@@ -251,16 +253,23 @@ async def test_acknowledged_messages_leave_the_window_and_wake_a_paused_reader(h
 async def test_leaving_a_shared_group_drains_the_session_before_ending_it(harness: Harness) -> None:
     """Stopped in a shared group, the pipeline leaves it: what the session held up to
     the drain marker is committed and acknowledged (the marker too), and only then
-    is the session ended."""
+    is the session ended. The database is held until the marker has been taken, so
+    the readings are committed after the drain and before the session may end."""
+    harness.writer.gate.clear()
     link = await harness.link(0)
     link.deliver([reading(n) for n in range(1, 8)])
     harness.stop.set()
+    await until(lambda: 65000 in link.acked)
+    assert not link.closed.is_set()
+    harness.writer.gate.set()
     assert harness.running is not None
     assert await asyncio.wait_for(harness.running, WAIT_S) is Outcome.ENDED
     assert link.announced_leaving
     assert [mid for mid in link.acked if mid != 65000] == list(range(1, 8))
     assert 65000 in link.acked  # the marker: no reading, acknowledged when taken
     assert link.ended_session is True
+    assert link.acked_at_close is not None
+    assert sorted(link.acked_at_close) == sorted(link.acked)
     assert harness.bridge.window.held == 0
 
 

@@ -73,6 +73,14 @@ async def test_transient_failures_are_retried_with_the_same_batch() -> None:
     until it commits; each failure is counted and /readyz names the database meanwhile."""
     failures = [ConnectionResetError(), asyncpg.DeadlockDetectedError("deadlock"), TimeoutError()]
     store, metrics, health = FakeStore(failures), Metrics(), Health(db_ok=True)
+    readiness: list[bool] = []
+    failing_commit = store.commit
+
+    async def commit(readings: Sequence[Reading], rejects: Sequence[Reject]) -> WriteOutcome:
+        readiness.append(health.db_ok)  # what /readyz says as each attempt starts
+        return await failing_commit(readings, rejects)
+
+    store.commit = commit  # type: ignore[method-assign]
     batch = Batch(readings=readings(4))
 
     outcome = await Writer(store, metrics, health).write(batch)
@@ -81,6 +89,7 @@ async def test_transient_failures_are_retried_with_the_same_batch() -> None:
     assert outcome.inserted["meter"] == 4
     assert sample(metrics, "transient") == 3
     assert sample(metrics, "permanent") == 0
+    assert readiness == [True, False, False, False]
     assert health.db_ok
 
 
