@@ -13,7 +13,7 @@ same data.
    DISTINCT ON, and binary search in per-meter arrays (the one shipped).
 4. Reads: the fleet over 24 h from the roll-up (library query time, and the CLI's
    wall time), one vehicle over 24 h (roll-up and live), ``--summary`` over 30 days
-   (roll-up rows synthesized, by copying whole weeks, for the days without history).
+   (roll-up rows synthesized, by copying a loaded day, for the days without history).
 5. The ingest drain (bench/ingest.py's, with a private broker) with the daemon's
    roll-up loop off, at its default interval and every 10 s, the backlog's readings
    three hours old so every pass has settled hours to recompute; each drain after
@@ -112,24 +112,23 @@ async def roll_up(conns: list[asyncpg.Connection], schema: str, start: datetime,
 
 
 async def synthesize_month(conn: asyncpg.Connection, schema: str, first: datetime, days: int) -> None:
-    """Roll-up rows for the SUMMARY_DAYS - days days before ``first``, copied from the
-    loaded days a whole number of weeks later (only the roll-up is read for these)."""
+    """Roll-up rows for the SUMMARY_DAYS - days days before ``first``, each day copied
+    from one of the loaded days (only the roll-up is read for these days)."""
     missing = SUMMARY_DAYS - days
+    targets = [first - timedelta(days=n) for n in range(1, missing + 1)]
     for table_name in ROLLUP_TABLES:
-        await ensure_partitions(
-            conn, schema, table_name, [(first - timedelta(days=n)).date() for n in range(1, missing + 1)]
-        )
+        await ensure_partitions(conn, schema, table_name, [day.date() for day in targets])
     for table_name in ROLLUP_TABLES:
-        for weeks in range(1, missing // 7 + 2):
-            shift = timedelta(weeks=weeks)
-            columns = "vehicles, total_dc_kwh, total_ac_kwh, matched, unmatched, computed_at"
-            if table_name == "efficiency_hourly":
-                columns = "vehicle_id, meter_id, total_dc_kwh, total_ac_kwh, matched, unmatched, computed_at"
+        columns = "vehicles, total_dc_kwh, total_ac_kwh, matched, unmatched, computed_at"
+        if table_name == "efficiency_hourly":
+            columns = "vehicle_id, meter_id, total_dc_kwh, total_ac_kwh, matched, unmatched, computed_at"
+        for n, day in enumerate(targets):
+            source = first + timedelta(days=n % days)
             await conn.execute(
                 f"INSERT INTO {qualified(schema, table_name)} (hour, {columns})"
                 f" SELECT hour - $1::interval, {columns} FROM {qualified(schema, table_name)}"
-                " WHERE hour - $1::interval >= $2 AND hour - $1::interval < $3 AND hour >= $3 ON CONFLICT DO NOTHING",
-                shift, first - timedelta(days=missing), first,
+                " WHERE hour >= $2 AND hour < $2 + interval '1 day'",
+                source - day, source,
             )  # fmt: skip
     for table_name in ROLLUP_TABLES:
         await conn.execute(f"VACUUM ANALYZE {qualified(schema, table_name)}")
