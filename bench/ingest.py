@@ -55,6 +55,7 @@ from bridge.ingest.writer import Writer
 from bridge.metrics import Health, Metrics
 from tests.support.helpers import BridgeProcess, publish
 from tests.support.services import ROOT, MosquittoProcess
+from tests.support.sessions import session_present
 from tests.support.tcp_proxy import TcpProxy, through_proxy
 
 
@@ -107,6 +108,8 @@ async def bridge_drain(
         stored = await history_count(conn, schema)
         assert stored == len(messages), f"{stored} of {len(messages)} readings stored"
     finally:
+        # Its session would go on queueing what the other measurements publish.
+        session_present(broker.host, broker.port, f"bench-{schema}", end=True)
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await conn.close()
     return {"rate": len(messages) / elapsed, "seconds": elapsed, "cpu_pct": 100 * cpu / elapsed,
@@ -229,6 +232,7 @@ async def one_transaction_per_reading(broker: MosquittoProcess, messages: list[t
                     break
         elapsed = time.perf_counter() - started
     finally:
+        session_present(broker.host, broker.port, "bench-seed", end=True)
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await conn.close()
     return {"rate": received / elapsed, "seconds": elapsed}
