@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -137,11 +138,20 @@ def choose_mosquitto(
     )
 
 
+# Below the kernel's ephemeral range (32768-60999 on Linux): a port asked of the
+# kernel with bind(0) comes from that range, and between choosing it and the
+# daemon or broker binding it, an outgoing connection of another test may take it
+# as its source port.
+LISTEN_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port no one listens on now, outside the ephemeral range."""
+    for port in random.sample(LISTEN_PORTS, 200):
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS.start}-{LISTEN_PORTS.stop - 1}")
 
 
 def broker_config(base: str, port: int, data_dir: Path, extra: str = "", *, bind: str = "127.0.0.1") -> str:
